@@ -1,0 +1,617 @@
+//! Element-wise steps: `map`, `flat_map`, `filter`, `ParDo` with bundle hooks and tagged outputs, window
+//! assignment. They run batch by batch, optionally on several batches at once (parallelism), and always
+//! emit in input order.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+
+use crate::channel::Watermark;
+use crate::element::{Data, Element, PaneInfo, Timestamp, Window};
+use crate::finalizer::Finalizers;
+use crate::metrics::StepMetrics;
+use crate::operator::{Operator, Output};
+use crate::window::WindowFn;
+
+impl Data for Infallible {}
+
+/// Processes one batch into main and dead-letter outputs; returns how many inputs were dropped on purpose.
+/// Every element-wise step is one of these.
+pub(crate) trait BatchFn: Send + 'static {
+    type In: Data;
+    type Out: Data;
+    type Dead: Data;
+    fn process_batch(
+        &mut self,
+        batch: Vec<Element<Self::In>>,
+        out: &mut Vec<Element<Self::Out>>,
+        dead: &mut Vec<Element<Self::Dead>>,
+    ) -> u64;
+}
+
+/// `map`: one output per input.
+pub(crate) struct MapFn<T, U, F>(pub(crate) Arc<F>, pub(crate) PhantomData<fn(T) -> U>);
+
+impl<T, U, F> BatchFn for MapFn<T, U, F>
+where
+    T: Data,
+    U: Data,
+    F: Fn(T) -> U + Send + Sync + 'static,
+{
+    type In = T;
+    type Out = U;
+    type Dead = Infallible;
+    #[inline]
+    fn process_batch(
+        &mut self,
+        batch: Vec<Element<T>>,
+        out: &mut Vec<Element<U>>,
+        _dead: &mut Vec<Element<Infallible>>,
+    ) -> u64 {
+        let f = &*self.0;
+        out.extend(batch.into_iter().map(|e| {
+            let Element {
+                value,
+                timestamp,
+                window,
+                pane,
+                finalizers,
+            } = e;
+            Element {
+                value: f(value),
+                timestamp,
+                window,
+                pane,
+                finalizers,
+            }
+        }));
+        0
+    }
+}
+
+/// `flat_map`: zero or more outputs per input; outputs share the input's finalizers.
+pub(crate) struct FlatMapFn<T, I, F>(pub(crate) Arc<F>, pub(crate) PhantomData<fn(T) -> I>);
+
+impl<T, I, F> BatchFn for FlatMapFn<T, I, F>
+where
+    T: Data,
+    I: IntoIterator + 'static,
+    I::Item: Data,
+    F: Fn(T) -> I + Send + Sync + 'static,
+{
+    type In = T;
+    type Out = I::Item;
+    type Dead = Infallible;
+    fn process_batch(
+        &mut self,
+        batch: Vec<Element<T>>,
+        out: &mut Vec<Element<I::Item>>,
+        _dead: &mut Vec<Element<Infallible>>,
+    ) -> u64 {
+        let f = &*self.0;
+        let mut dropped = 0;
+        for e in batch {
+            let Element {
+                value,
+                timestamp,
+                window,
+                pane,
+                finalizers,
+            } = e;
+            let mut items = f(value).into_iter().peekable();
+            if items.peek().is_none() {
+                dropped += 1;
+                continue;
+            }
+            let mut finalizers = Some(finalizers);
+            while let Some(item) = items.next() {
+                let fins = if items.peek().is_some() {
+                    finalizers.clone().unwrap_or_default()
+                } else {
+                    finalizers.take().unwrap_or_default()
+                };
+                out.push(Element {
+                    value: item,
+                    timestamp,
+                    window,
+                    pane,
+                    finalizers: fins,
+                });
+            }
+        }
+        dropped
+    }
+}
+
+/// `filter`: keeps the elements for which the predicate holds; the others count as handled.
+pub(crate) struct FilterFn<T, F>(pub(crate) Arc<F>, pub(crate) PhantomData<fn(T)>);
+
+impl<T, F> BatchFn for FilterFn<T, F>
+where
+    T: Data,
+    F: Fn(&T) -> bool + Send + Sync + 'static,
+{
+    type In = T;
+    type Out = T;
+    type Dead = Infallible;
+    #[inline]
+    fn process_batch(
+        &mut self,
+        batch: Vec<Element<T>>,
+        out: &mut Vec<Element<T>>,
+        _dead: &mut Vec<Element<Infallible>>,
+    ) -> u64 {
+        let f = &*self.0;
+        let before = batch.len();
+        out.extend(batch.into_iter().filter(|e| f(&e.value)));
+        (before - out.len()) as u64
+    }
+}
+
+/// Assigns windows (sliding windows copy the element into each of its windows).
+pub(crate) struct WindowIntoFn<T>(pub(crate) WindowFn, pub(crate) PhantomData<fn(T)>);
+
+impl<T: Data> BatchFn for WindowIntoFn<T> {
+    type In = T;
+    type Out = T;
+    type Dead = Infallible;
+    fn process_batch(
+        &mut self,
+        batch: Vec<Element<T>>,
+        out: &mut Vec<Element<T>>,
+        _dead: &mut Vec<Element<Infallible>>,
+    ) -> u64 {
+        let window_fn = self.0;
+        if let WindowFn::Sliding { .. } = window_fn {
+            let mut windows = Vec::with_capacity(4);
+            for e in batch {
+                windows.clear();
+                window_fn.assign(e.timestamp, |w| windows.push(w));
+                let (last, rest) = match windows.split_last() {
+                    Some(x) => x,
+                    None => continue,
+                };
+                for w in rest {
+                    let mut copy = e.clone();
+                    copy.window = *w;
+                    copy.pane = PaneInfo::default();
+                    out.push(copy);
+                }
+                let mut e = e;
+                e.window = *last;
+                e.pane = PaneInfo::default();
+                out.push(e);
+            }
+        } else {
+            out.extend(batch.into_iter().map(|mut e| {
+                window_fn.assign(e.timestamp, |w| e.window = w);
+                e.pane = PaneInfo::default();
+                e
+            }));
+        }
+        0
+    }
+}
+
+/// A user function with Beam's `DoFn` shape: bundle hooks around per-element processing, and two tagged
+/// outputs — the main output and the dead-letter output for bad data.
+///
+/// A bundle is one batch of input. Outputs of [`DoFn::process`] share the input's acknowledgement;
+/// outputs of [`DoFn::finish_bundle`] share the acknowledgement of every input of the bundle, so a `DoFn`
+/// that buffers inside a bundle and emits at its end still never acknowledges early.
+///
+/// ```
+/// use fluxo::{DoFn, DoFnContext};
+/// struct ParseNumber;
+/// impl DoFn for ParseNumber {
+///     type In = String;
+///     type Out = i64;
+///     type Dead = (String, String);
+///     fn process(&mut self, line: String, ctx: &mut DoFnContext<'_, i64, (String, String)>) {
+///         match line.trim().parse() {
+///             Ok(n) => ctx.output(n),
+///             Err(e) => ctx.dead_letter((line, e.to_string())),
+///         }
+///     }
+/// }
+/// ```
+pub trait DoFn: Send + 'static {
+    /// Input type.
+    type In: Data;
+    /// Main output type.
+    type Out: Data;
+    /// Dead-letter output type.
+    type Dead: Data;
+
+    /// Called before the first element of each bundle.
+    fn start_bundle(&mut self) {}
+
+    /// Called for every element.
+    fn process(&mut self, input: Self::In, ctx: &mut DoFnContext<'_, Self::Out, Self::Dead>);
+
+    /// Called after the last element of each bundle; may emit with explicit timestamps.
+    fn finish_bundle(&mut self, _ctx: &mut BundleContext<'_, Self::Out, Self::Dead>) {}
+}
+
+/// What [`DoFn::process`] sees of the current element and where it emits.
+pub struct DoFnContext<'a, O, D> {
+    out: &'a mut Vec<Element<O>>,
+    dead: &'a mut Vec<Element<D>>,
+    timestamp: Timestamp,
+    window: Window,
+    pane: PaneInfo,
+    finalizers: &'a Finalizers,
+}
+
+impl<O, D> DoFnContext<'_, O, D> {
+    /// Event time of the current element.
+    pub fn timestamp(&self) -> Timestamp {
+        self.timestamp
+    }
+
+    /// Window of the current element.
+    pub fn window(&self) -> Window {
+        self.window
+    }
+
+    /// Pane of the current element.
+    pub fn pane(&self) -> PaneInfo {
+        self.pane
+    }
+
+    /// Emits to the main output with the input's timestamp.
+    pub fn output(&mut self, value: O) {
+        let ts = self.timestamp;
+        self.output_at(value, ts);
+    }
+
+    /// Emits to the main output with another event time (for example one parsed from the payload).
+    pub fn output_at(&mut self, value: O, timestamp: Timestamp) {
+        self.out.push(Element {
+            value,
+            timestamp,
+            window: self.window,
+            pane: self.pane,
+            finalizers: self.finalizers.clone(),
+        });
+    }
+
+    /// Emits to the dead-letter output. The source element counts as delivered once the dead letter is
+    /// stored by the sink that consumes this output.
+    pub fn dead_letter(&mut self, value: D) {
+        self.dead.push(Element {
+            value,
+            timestamp: self.timestamp,
+            window: self.window,
+            pane: self.pane,
+            finalizers: self.finalizers.clone(),
+        });
+    }
+}
+
+/// Where [`DoFn::finish_bundle`] emits.
+pub struct BundleContext<'a, O, D> {
+    out: &'a mut Vec<(O, Timestamp, Window)>,
+    dead: &'a mut Vec<(D, Timestamp, Window)>,
+}
+
+impl<O, D> BundleContext<'_, O, D> {
+    /// Emits to the main output.
+    pub fn output(&mut self, value: O, timestamp: Timestamp, window: Window) {
+        self.out.push((value, timestamp, window));
+    }
+
+    /// Emits to the dead-letter output.
+    pub fn dead_letter(&mut self, value: D, timestamp: Timestamp, window: Window) {
+        self.dead.push((value, timestamp, window));
+    }
+}
+
+/// Runs a [`DoFn`] over bundles.
+pub(crate) struct ParDoFn<D: DoFn> {
+    pub(crate) dofn: D,
+    bundle_finalizers: Vec<Finalizers>,
+}
+
+impl<D: DoFn> ParDoFn<D> {
+    pub(crate) fn new(dofn: D) -> Self {
+        ParDoFn {
+            dofn,
+            bundle_finalizers: Vec::new(),
+        }
+    }
+}
+
+impl<D: DoFn> BatchFn for ParDoFn<D> {
+    type In = D::In;
+    type Out = D::Out;
+    type Dead = D::Dead;
+    fn process_batch(
+        &mut self,
+        batch: Vec<Element<D::In>>,
+        out: &mut Vec<Element<D::Out>>,
+        dead: &mut Vec<Element<D::Dead>>,
+    ) -> u64 {
+        self.dofn.start_bundle();
+        let mut dropped = 0;
+        for e in batch {
+            let (o, d) = (out.len(), dead.len());
+            let mut ctx = DoFnContext {
+                out: &mut *out,
+                dead: &mut *dead,
+                timestamp: e.timestamp,
+                window: e.window,
+                pane: e.pane,
+                finalizers: &e.finalizers,
+            };
+            self.dofn.process(e.value, &mut ctx);
+            if out.len() == o && dead.len() == d {
+                dropped += 1;
+            }
+            if !e.finalizers.is_empty() {
+                self.bundle_finalizers.push(e.finalizers);
+            }
+        }
+        let mut late_out = Vec::new();
+        let mut late_dead = Vec::new();
+        self.dofn.finish_bundle(&mut BundleContext {
+            out: &mut late_out,
+            dead: &mut late_dead,
+        });
+        if late_out.is_empty() && late_dead.is_empty() {
+            self.bundle_finalizers.clear();
+        } else {
+            let mut all = Finalizers::None;
+            for f in self.bundle_finalizers.drain(..) {
+                all.merge(f);
+            }
+            out.extend(late_out.into_iter().map(|x| bundle_element(x, &all)));
+            dead.extend(late_dead.into_iter().map(|x| bundle_element(x, &all)));
+        }
+        dropped
+    }
+}
+
+fn bundle_element<T>(
+    (value, timestamp, window): (T, Timestamp, Window),
+    finalizers: &Finalizers,
+) -> Element<T> {
+    Element {
+        value,
+        timestamp,
+        window,
+        pane: PaneInfo::default(),
+        finalizers: finalizers.clone(),
+    }
+}
+
+struct Done<F: BatchFn> {
+    f: F,
+    out: Vec<Element<F::Out>>,
+    dead: Vec<Element<F::Dead>>,
+    received: u64,
+    dropped: u64,
+    elapsed: Duration,
+}
+
+fn run_batch<F: BatchFn>(mut f: F, batch: Vec<Element<F::In>>) -> Done<F> {
+    let start = Instant::now();
+    let received = batch.len() as u64;
+    let mut out = Vec::with_capacity(batch.len());
+    let mut dead = Vec::new();
+    let dropped = f.process_batch(batch, &mut out, &mut dead);
+    Done {
+        f,
+        out,
+        dead,
+        received,
+        dropped,
+        elapsed: start.elapsed(),
+    }
+}
+
+enum Pending<F: BatchFn> {
+    Batch(JoinHandle<Done<F>>),
+    Watermark(Watermark),
+}
+
+/// The operator behind every element-wise step. With parallelism 1 it processes batches inline; with
+/// more it runs up to that many batches at once on the runtime's worker threads, one function instance
+/// each, and emits results (and watermarks) in input order.
+pub(crate) struct ElementwiseOp<F: BatchFn> {
+    pool: Vec<F>,
+    parallelism: usize,
+    pending: VecDeque<Pending<F>>,
+    in_flight: usize,
+    main: Output<F::Out>,
+    dead: Output<F::Dead>,
+    metrics: StepMetrics,
+}
+
+impl<F: BatchFn> ElementwiseOp<F> {
+    pub(crate) fn new(
+        instances: Vec<F>,
+        main: Output<F::Out>,
+        dead: Output<F::Dead>,
+        metrics: StepMetrics,
+    ) -> Self {
+        let parallelism = instances.len().max(1);
+        ElementwiseOp {
+            pool: instances,
+            parallelism,
+            pending: VecDeque::new(),
+            in_flight: 0,
+            main,
+            dead,
+            metrics,
+        }
+    }
+
+    async fn emit(&mut self, done: Done<F>) {
+        self.pool.push(done.f);
+        let m = &self.metrics;
+        m.received.inc_by(done.received);
+        m.observe_batch(done.received, done.elapsed);
+        let (sent, errors) = (done.out.len() as u64, done.dead.len() as u64);
+        let mut discarded = done.dropped;
+        if sent > 0 {
+            discarded += self.main.send(done.out).await;
+        }
+        if errors > 0 {
+            discarded += self.dead.send(done.dead).await;
+        }
+        m.sent.inc_by(sent);
+        m.errors.inc_by(errors);
+        if discarded > 0 {
+            m.discarded.inc_by(discarded);
+        }
+    }
+
+    /// Completes the oldest in-flight batch and forwards the watermarks queued behind it.
+    async fn complete_front(&mut self) {
+        while let Some(front) = self.pending.pop_front() {
+            match front {
+                Pending::Watermark(wm) => self.forward_watermark(wm),
+                Pending::Batch(handle) => {
+                    self.in_flight -= 1;
+                    match handle.await {
+                        Ok(done) => self.emit(done).await,
+                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                        Err(_) => {}
+                    }
+                    while let Some(Pending::Watermark(_)) = self.pending.front() {
+                        if let Some(Pending::Watermark(wm)) = self.pending.pop_front() {
+                            self.forward_watermark(wm);
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn forward_watermark(&self, wm: Watermark) {
+        self.main.send_watermark(wm);
+        self.dead.send_watermark(wm);
+    }
+}
+
+impl<F: BatchFn> Operator for ElementwiseOp<F> {
+    type In = F::In;
+
+    async fn process(&mut self, _input: usize, batch: Vec<Element<F::In>>) {
+        if self.parallelism == 1 {
+            if let Some(f) = self.pool.pop() {
+                let done = run_batch(f, batch);
+                self.emit(done).await;
+            }
+            return;
+        }
+        while self.in_flight >= self.parallelism {
+            self.complete_front().await;
+        }
+        if let Some(f) = self.pool.pop() {
+            self.in_flight += 1;
+            let handle = tokio::spawn(async move { run_batch(f, batch) });
+            self.pending.push_back(Pending::Batch(handle));
+        }
+    }
+
+    async fn on_watermark(&mut self, wm: Watermark) {
+        if self.pending.is_empty() {
+            self.forward_watermark(wm);
+        } else {
+            self.pending.push_back(Pending::Watermark(wm));
+        }
+    }
+
+    async fn on_close(&mut self) {
+        while !self.pending.is_empty() {
+            self.complete_front().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn el<T>(v: T, ts: i64) -> Element<T> {
+        Element::new(v, Timestamp(ts))
+    }
+
+    #[test]
+    fn flat_map_and_filter_count_drops() {
+        let mut fm = FlatMapFn(Arc::new(|n: u32| (0..n).collect::<Vec<_>>()), PhantomData);
+        let (mut out, mut dead) = (Vec::new(), Vec::new());
+        let dropped = fm.process_batch(vec![el(2, 1), el(0, 2), el(1, 3)], &mut out, &mut dead);
+        assert_eq!(dropped, 1);
+        let got: Vec<_> = out.iter().map(|e| (e.value, e.timestamp.0)).collect();
+        assert_eq!(got, vec![(0, 1), (1, 1), (0, 3)]);
+
+        let mut f = FilterFn(Arc::new(|n: &u32| n % 2 == 0), PhantomData);
+        let mut out = Vec::new();
+        let dropped = f.process_batch(vec![el(1, 0), el(2, 0), el(4, 0)], &mut out, &mut dead);
+        assert_eq!(dropped, 1);
+        assert_eq!(out.len(), 2);
+    }
+
+    struct Buffering(Vec<u32>);
+    impl DoFn for Buffering {
+        type In = u32;
+        type Out = u32;
+        type Dead = u32;
+        fn process(&mut self, input: u32, ctx: &mut DoFnContext<'_, u32, u32>) {
+            if input == 13 {
+                ctx.dead_letter(input);
+            } else {
+                self.0.push(input);
+            }
+        }
+        fn finish_bundle(&mut self, ctx: &mut BundleContext<'_, u32, u32>) {
+            let sum = self.0.drain(..).sum();
+            ctx.output(sum, Timestamp(99), Window::GLOBAL);
+        }
+    }
+
+    #[tokio::test]
+    async fn finish_bundle_outputs_hold_the_bundle_acks() {
+        let (fins, rx) = crate::finalizer::ack_batch(3);
+        let batch: Vec<_> = [1u32, 13, 2]
+            .into_iter()
+            .zip(fins)
+            .map(|(v, f)| el(v, 0).with_finalizers(f))
+            .collect();
+        let mut p = ParDoFn::new(Buffering(Vec::new()));
+        let (mut out, mut dead) = (Vec::new(), Vec::new());
+        let dropped = p.process_batch(batch, &mut out, &mut dead);
+        assert_eq!(dropped, 2, "1 and 2 emitted nothing in process");
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].value, 3);
+        assert_eq!(out[0].timestamp, Timestamp(99));
+        assert_eq!(dead.len(), 1);
+        let mut waiting = Box::pin(rx.wait());
+        assert!(futures::poll!(&mut waiting).is_pending());
+        out[0].finalizers.update(crate::Status::Errored);
+        drop(out);
+        drop(dead);
+        assert_eq!(waiting.await, vec![crate::Status::Errored; 3]);
+    }
+
+    #[test]
+    fn sliding_windows_copy_elements() {
+        let mut w = WindowIntoFn(
+            WindowFn::sliding(Duration::from_secs(10), Duration::from_secs(5)),
+            PhantomData,
+        );
+        let (mut out, mut dead) = (Vec::new(), Vec::new());
+        w.process_batch(vec![el("x", 7_000_000)], &mut out, &mut dead);
+        let mut wins: Vec<_> = out.iter().map(|e| e.window.start.0).collect();
+        wins.sort();
+        assert_eq!(wins, vec![0, 5_000_000]);
+    }
+}

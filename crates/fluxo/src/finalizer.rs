@@ -1,0 +1,303 @@
+//! End-to-end acknowledgement.
+//!
+//! A source that needs to know when its elements are done (a Pub/Sub subscription, for example) opens an
+//! [`AckBatch`] for each batch it reads and attaches one [`Finalizer`] to each element. Fan-out copies and
+//! derived elements clone the finalizer; sinks record their outcome on it and drop it. When the last copy of
+//! an element is dropped, the element's slot is resolved; when every slot of the batch is resolved, the
+//! source receives the per-element [`Status`] list through [`AckReceiver`] and can ack or nack upstream.
+//!
+//! The design keeps the per-element cost to a few atomic operations and no allocation: all elements of one
+//! source batch share a single allocation holding one slot (reference count + status) per element.
+
+use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+/// The outcome of one element, merged over every copy of it. Higher values win when copies disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Status {
+    /// Every copy reached its sink and was durably written (or was consumed on purpose: filtered out,
+    /// aggregated into a pane that was delivered, stored as a dead letter).
+    Delivered = 0,
+    /// At least one copy failed in a way that may succeed later (for example a sink exhausted its retries).
+    /// Sources should make the element available again (Pub/Sub: nack).
+    Errored = 1,
+    /// At least one copy was refused permanently (a fatal sink error). Sources should not expect a retry to
+    /// help; Pub/Sub sources nack so the subscription's dead-letter policy takes the message.
+    Rejected = 2,
+}
+
+impl Status {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Status::Delivered,
+            1 => Status::Errored,
+            _ => Status::Rejected,
+        }
+    }
+
+    /// True for [`Status::Delivered`].
+    pub fn is_delivered(self) -> bool {
+        self == Status::Delivered
+    }
+}
+
+struct Slot {
+    refs: AtomicU32,
+    status: AtomicU8,
+}
+
+struct Shared {
+    slots: Box<[Slot]>,
+    pending: AtomicUsize,
+    notify: Mutex<Option<oneshot::Sender<Vec<Status>>>>,
+}
+
+impl Shared {
+    fn slot_done(&self) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let statuses = self
+                .slots
+                .iter()
+                .map(|s| Status::from_u8(s.status.load(Ordering::Acquire)))
+                .collect();
+            let sender = self.notify.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(tx) = sender {
+                // The receiver may have gone away (the source stopped waiting); nothing to do then.
+                let _ = tx.send(statuses);
+            }
+        }
+    }
+}
+
+/// Resolves to the per-element statuses of an acknowledgement batch, in the order the finalizers were handed out.
+pub struct AckReceiver {
+    rx: oneshot::Receiver<Vec<Status>>,
+    len: usize,
+}
+
+/// Opens an acknowledgement batch of `len` elements: a source attaches one returned finalizer to each
+/// element (index order) and awaits the [`AckReceiver`] to learn every element's outcome. A batch of zero
+/// elements resolves immediately with an empty list.
+pub fn ack_batch(len: usize) -> (Vec<Finalizer>, AckReceiver) {
+    let (tx, rx) = oneshot::channel();
+    let slots: Box<[Slot]> = (0..len)
+        .map(|_| Slot {
+            refs: AtomicU32::new(1),
+            status: AtomicU8::new(Status::Delivered as u8),
+        })
+        .collect();
+    let shared = Arc::new(Shared {
+        slots,
+        pending: AtomicUsize::new(len),
+        notify: Mutex::new(Some(tx)),
+    });
+    if len == 0 {
+        if let Some(tx) = shared
+            .notify
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = tx.send(Vec::new());
+        }
+    }
+    let finalizers = (0..len as u32)
+        .map(|idx| Finalizer {
+            shared: Arc::clone(&shared),
+            idx,
+        })
+        .collect();
+    (finalizers, AckReceiver { rx, len })
+}
+
+impl AckReceiver {
+    /// Number of elements in the batch.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the batch has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Waits until every element of the batch is resolved. If the pipeline is torn down before that (a
+    /// crash, an aborted run), the missing outcomes are reported as [`Status::Errored`] so the source
+    /// never acknowledges an element that was not delivered.
+    pub async fn wait(self) -> Vec<Status> {
+        match self.rx.await {
+            Ok(statuses) => statuses,
+            Err(_) => vec![Status::Errored; self.len],
+        }
+    }
+}
+
+/// The acknowledgement handle of one element. Cloning it makes a new copy that must also finish before the
+/// element counts as done. Dropping it without [`Finalizer::update`] means the copy finished normally.
+pub struct Finalizer {
+    shared: Arc<Shared>,
+    idx: u32,
+}
+
+impl Finalizer {
+    fn slot(&self) -> &Slot {
+        &self.shared.slots[self.idx as usize]
+    }
+
+    /// Records the outcome of this copy; the worst outcome over all copies wins.
+    pub fn update(&self, status: Status) {
+        if status != Status::Delivered {
+            self.slot().status.fetch_max(status as u8, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Clone for Finalizer {
+    fn clone(&self) -> Self {
+        self.slot().refs.fetch_add(1, Ordering::Relaxed);
+        Finalizer {
+            shared: Arc::clone(&self.shared),
+            idx: self.idx,
+        }
+    }
+}
+
+impl Drop for Finalizer {
+    fn drop(&mut self) {
+        // A copy dropped while a step panics was not delivered: never let a crash acknowledge data.
+        if std::thread::panicking() {
+            self.update(Status::Errored);
+        }
+        if self.slot().refs.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.slot_done();
+        }
+    }
+}
+
+impl std::fmt::Debug for Finalizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Finalizer").field("idx", &self.idx).finish()
+    }
+}
+
+/// The finalizers an element carries: none (the source does not track acknowledgement), one (the usual
+/// case), or many (an aggregate built from several inputs, such as a window pane).
+#[derive(Debug, Clone, Default)]
+pub enum Finalizers {
+    /// Not tracked.
+    #[default]
+    None,
+    /// One source element.
+    One(Finalizer),
+    /// Several source elements (aggregates).
+    Many(Vec<Finalizer>),
+}
+
+impl Finalizers {
+    /// Records the outcome on every finalizer held.
+    pub fn update(&self, status: Status) {
+        match self {
+            Finalizers::None => {}
+            Finalizers::One(f) => f.update(status),
+            Finalizers::Many(fs) => fs.iter().for_each(|f| f.update(status)),
+        }
+    }
+
+    /// Moves the finalizers of `other` into `self`.
+    pub fn merge(&mut self, other: Finalizers) {
+        match other {
+            Finalizers::None => {}
+            Finalizers::One(f) => self.push(f),
+            Finalizers::Many(fs) => fs.into_iter().for_each(|f| self.push(f)),
+        }
+    }
+
+    fn push(&mut self, f: Finalizer) {
+        match std::mem::take(self) {
+            Finalizers::None => *self = Finalizers::One(f),
+            Finalizers::One(g) => *self = Finalizers::Many(vec![g, f]),
+            Finalizers::Many(mut fs) => {
+                fs.push(f);
+                *self = Finalizers::Many(fs);
+            }
+        }
+    }
+
+    /// True when nothing is tracked.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Finalizers::None => true,
+            Finalizers::One(_) => false,
+            Finalizers::Many(fs) => fs.is_empty(),
+        }
+    }
+}
+
+impl From<Finalizer> for Finalizers {
+    fn from(f: Finalizer) -> Self {
+        Finalizers::One(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn resolves_when_all_copies_are_dropped() {
+        let (fins, rx) = ack_batch(3);
+        let mut fins = fins.into_iter();
+        let a = fins.next().unwrap();
+        let b = fins.next().unwrap();
+        let c = fins.next().unwrap();
+        let a2 = a.clone();
+        drop(a);
+        b.update(Status::Errored);
+        drop(b);
+        c.update(Status::Rejected);
+        let c2 = c.clone();
+        c2.update(Status::Errored);
+        drop(c);
+        drop(c2);
+        a2.update(Status::Delivered);
+        drop(a2);
+        assert_eq!(
+            rx.wait().await,
+            vec![Status::Delivered, Status::Errored, Status::Rejected]
+        );
+    }
+
+    #[tokio::test]
+    async fn pending_copy_holds_the_batch() {
+        let (mut fins, rx) = ack_batch(1);
+        let f = fins.pop().unwrap();
+        let copy = f.clone();
+        drop(f);
+        let mut rx = Box::pin(rx.wait());
+        assert!(futures::poll!(&mut rx).is_pending());
+        drop(copy);
+        assert_eq!(rx.await, vec![Status::Delivered]);
+    }
+
+    #[tokio::test]
+    async fn empty_batch_resolves_immediately() {
+        let (fins, rx) = ack_batch(0);
+        assert!(fins.is_empty());
+        assert!(rx.wait().await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn merged_finalizers_resolve_together() {
+        let (fins, rx) = ack_batch(2);
+        let mut agg = Finalizers::None;
+        for f in fins {
+            agg.merge(Finalizers::One(f));
+        }
+        agg.update(Status::Errored);
+        drop(agg);
+        assert_eq!(rx.wait().await, vec![Status::Errored, Status::Errored]);
+    }
+}

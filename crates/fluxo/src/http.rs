@@ -1,0 +1,245 @@
+//! The HTTP endpoint of a worker: `/metrics`, `/healthz` and `/readyz`.
+//!
+//! `/metrics` negotiates the exposition format from the `Accept` header, like the official
+//! Prometheus clients: a scraper that asks for `application/openmetrics-text` (Prometheus does by
+//! default) gets OpenMetrics 1.0.0 text ending with `# EOF`; any other client (`curl`, a browser,
+//! `promtool check metrics` fed by `curl`) gets the Prometheus text format 0.0.4.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
+
+/// Readiness flag shared by the engine and the HTTP server.
+///
+/// Starts not ready; the engine sets it once the pipeline runs and clears it when it starts
+/// draining on shutdown.
+#[derive(Clone, Debug, Default)]
+pub struct Health {
+    ready: Arc<AtomicBool>,
+}
+
+impl Health {
+    /// Sets whether `/readyz` answers 200 (ready) or 503 (not ready).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Whether the worker is ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Metrics,
+    health: Health,
+}
+
+/// Serves GET /metrics (text exposition, format negotiated from `Accept`: OpenMetrics 1.0.0 when
+/// asked for, Prometheus text 0.0.4 otherwise), GET /healthz (200 "ok" while the process runs),
+/// GET /readyz (200 when ready, 503 otherwise), 404 otherwise, until `shutdown` resolves; then
+/// stops accepting connections and returns once open requests are answered.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    health: Health,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    }
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(AppState { metrics, health });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Whether the client accepts OpenMetrics text.
+fn wants_openmetrics(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| value.contains("application/openmetrics-text"))
+}
+
+async fn metrics_handler(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let (content_type, body) = if wants_openmetrics(&headers) {
+        (OPENMETRICS_CONTENT_TYPE, state.metrics.encode())
+    } else {
+        (
+            PROMETHEUS_TEXT_CONTENT_TYPE,
+            state.metrics.encode_prometheus_text(),
+        )
+    };
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if state.health.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+async fn not_found() -> (StatusCode, &'static str) {
+    (StatusCode::NOT_FOUND, "not found")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::ErrorKind;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A parsed HTTP/1.1 response.
+    struct Reply {
+        status: u16,
+        head: String,
+        body: String,
+    }
+
+    /// Sends one raw HTTP/1.1 request with `Connection: close` and reads the reply to EOF.
+    async fn request(addr: SocketAddr, path: &str, extra: &str) -> anyhow::Result<Reply> {
+        let stream = TcpStream::connect(addr).await?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n");
+        let mut sent = 0;
+        let bytes = request.as_bytes();
+        while sent < bytes.len() {
+            stream.writable().await?;
+            match stream.try_write(&bytes[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            stream.readable().await?;
+            match stream.try_read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let raw = String::from_utf8(raw)?;
+        let (head, body) = raw
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow::anyhow!("no header end in {raw:?}"))?;
+        let status = head
+            .split(' ')
+            .nth(1)
+            .ok_or_else(|| anyhow::anyhow!("no status in {head:?}"))?
+            .parse()?;
+        Ok(Reply {
+            status,
+            head: head.to_ascii_lowercase(),
+            body: body.to_owned(),
+        })
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_health_and_readiness_until_shutdown() -> anyhow::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let metrics = Metrics::new("test");
+        metrics.step("parse").received.inc_by(42);
+        let health = Health::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, metrics.clone(), health.clone(), async {
+            let _ = stopped.await;
+        }));
+
+        let reply = request(addr, "/metrics", "").await?;
+        assert_eq!(reply.status, 200);
+        assert!(
+            reply
+                .head
+                .contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
+            "{}",
+            reply.head
+        );
+        assert!(reply
+            .body
+            .contains("fluxo_step_received_elements_total{pipeline=\"test\",step=\"parse\"} 42\n"));
+        assert!(!reply.body.contains("# EOF"));
+
+        let accept = "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n";
+        let reply = request(addr, "/metrics", accept).await?;
+        assert_eq!(reply.status, 200);
+        assert!(
+            reply.head.contains(
+                "content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"
+            ),
+            "{}",
+            reply.head
+        );
+        assert_eq!(reply.body, metrics.encode());
+        assert!(reply.body.ends_with("# EOF\n"));
+
+        let reply = request(addr, "/healthz", "").await?;
+        assert_eq!((reply.status, reply.body.as_str()), (200, "ok"));
+
+        let reply = request(addr, "/readyz", "").await?;
+        assert_eq!(reply.status, 503);
+        health.set_ready(true);
+        let reply = request(addr, "/readyz", "").await?;
+        assert_eq!(reply.status, 200);
+        health.set_ready(false);
+        assert_eq!(request(addr, "/readyz", "").await?.status, 503);
+
+        assert_eq!(request(addr, "/nope", "").await?.status, 404);
+        assert_eq!(request(addr, "/metrics/x", "").await?.status, 404);
+
+        let _ = stop.send(());
+        let result = tokio::time::timeout(Duration::from_secs(5), server).await??;
+        result?;
+        assert!(TcpStream::connect(addr).await.is_err());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn shutdown_waits_for_nothing_when_idle() -> anyhow::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let server = tokio::spawn(serve(
+            listener,
+            Metrics::new("p"),
+            Health::default(),
+            std::future::ready(()),
+        ));
+        tokio::time::timeout(Duration::from_secs(5), server).await???;
+        Ok(())
+    }
+
+    #[test]
+    fn health_defaults_to_not_ready_and_is_shared() {
+        let health = Health::default();
+        assert!(!health.is_ready());
+        health.clone().set_ready(true);
+        assert!(health.is_ready());
+    }
+}

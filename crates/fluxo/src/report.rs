@@ -1,0 +1,155 @@
+//! The run report: what every step, source, sink and buffer did.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::pipeline::StepKind;
+
+/// Counters of one step at the end of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepReport {
+    /// Step label.
+    pub label: String,
+    /// Source, transform or sink.
+    pub kind: StepKind,
+    /// Elements received (sources: emitted).
+    pub received: u64,
+    /// Elements sent to the main output(s).
+    pub sent: u64,
+    /// Elements sent to the dead-letter output.
+    pub errors: u64,
+    /// Elements dropped on purpose (filtered, too late, no consumer).
+    pub discarded: u64,
+    /// Late elements (dropped or routed to the late output).
+    pub late: u64,
+}
+
+/// Acknowledgement counters of one source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SourceReport {
+    /// Step label.
+    pub label: String,
+    /// Elements emitted.
+    pub emitted: u64,
+    /// Elements acknowledged as delivered.
+    pub acked: u64,
+    /// Elements negatively acknowledged (errored or rejected).
+    pub nacked: u64,
+    /// Of the nacked, those rejected by a fatal sink error.
+    pub rejected: u64,
+}
+
+/// Counters of one sink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SinkReport {
+    /// Step label.
+    pub label: String,
+    /// Elements written.
+    pub written: u64,
+    /// Elements given up on.
+    pub failed: u64,
+    /// Retried requests.
+    pub retries: u64,
+    /// Write requests started (first attempts).
+    pub batches: u64,
+}
+
+/// Peak fill of one buffer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BufferReport {
+    /// Producing step.
+    pub from: String,
+    /// Consuming step.
+    pub to: String,
+    /// Most elements buffered at once.
+    pub peak_elements: u64,
+    /// Most estimated bytes buffered at once.
+    pub peak_bytes: u64,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Wall-clock duration.
+    pub elapsed: Duration,
+    /// Every step, in the order they were added.
+    pub steps: Vec<StepReport>,
+    /// Every source.
+    pub sources: Vec<SourceReport>,
+    /// Every sink.
+    pub sinks: Vec<SinkReport>,
+    /// Every buffer.
+    pub buffers: Vec<BufferReport>,
+}
+
+impl RunReport {
+    /// The report of a step by label.
+    pub fn step(&self, label: &str) -> Option<&StepReport> {
+        self.steps.iter().find(|s| s.label == label)
+    }
+
+    /// The report of a source by label.
+    pub fn source(&self, label: &str) -> Option<&SourceReport> {
+        self.sources.iter().find(|s| s.label == label)
+    }
+
+    /// The report of a sink by label.
+    pub fn sink(&self, label: &str) -> Option<&SinkReport> {
+        self.sinks.iter().find(|s| s.label == label)
+    }
+
+    /// The highest peak of any buffer, in elements.
+    pub fn peak_buffered_elements(&self) -> u64 {
+        self.buffers
+            .iter()
+            .map(|b| b.peak_elements)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+impl fmt::Display for RunReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "pipeline '{}' ran for {:.3?}",
+            self.pipeline, self.elapsed
+        )?;
+        writeln!(
+            f,
+            "{:<32} {:>9} {:>12} {:>12} {:>10} {:>10} {:>8}",
+            "step", "kind", "received", "sent", "errors", "discarded", "late"
+        )?;
+        for s in &self.steps {
+            let kind = match s.kind {
+                StepKind::Source => "source",
+                StepKind::Transform => "transform",
+                StepKind::Sink => "sink",
+            };
+            writeln!(
+                f,
+                "{:<32} {:>9} {:>12} {:>12} {:>10} {:>10} {:>8}",
+                s.label, kind, s.received, s.sent, s.errors, s.discarded, s.late
+            )?;
+        }
+        for s in &self.sources {
+            writeln!(
+                f,
+                "source {}: acked {} nacked {} (rejected {})",
+                s.label, s.acked, s.nacked, s.rejected
+            )?;
+        }
+        for s in &self.sinks {
+            writeln!(
+                f,
+                "sink {}: written {} failed {} retries {} batches {}",
+                s.label, s.written, s.failed, s.retries, s.batches
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,159 @@
+//! Running a built pipeline: one task per step, the metrics endpoint, shutdown and drain.
+
+use std::time::Instant;
+
+use futures::future::join_all;
+
+use crate::http::{serve, Health};
+use crate::metrics::StepMetrics;
+use crate::pipeline::{PipelineError, RunOptions, Runnable, StepFuture, StepKind};
+use crate::report::{BufferReport, RunReport, SinkReport, SourceReport, StepReport};
+use crate::shutdown::Shutdown;
+
+pub(crate) async fn run(
+    runnable: Runnable,
+    tasks: Vec<(String, StepFuture)>,
+    entries: Vec<(String, StepKind, StepMetrics)>,
+    options: RunOptions,
+) -> Result<RunReport, PipelineError> {
+    let started = Instant::now();
+    let health = Health::default();
+    let server_stop = Shutdown::new();
+    let server = match options.metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| PipelineError::Metrics { addr, source })?;
+            let stop = server_stop.signal();
+            Some(tokio::spawn(serve(
+                listener,
+                runnable.metrics.clone(),
+                health.clone(),
+                async move { stop.wait().await },
+            )))
+        }
+        None => None,
+    };
+
+    let mut labels = Vec::with_capacity(tasks.len());
+    let mut handles = Vec::with_capacity(tasks.len());
+    for (label, fut) in tasks {
+        labels.push(label);
+        handles.push(tokio::spawn(fut));
+    }
+    health.set_ready(true);
+    tracing::info!(pipeline = %runnable.name, steps = labels.len(), "pipeline running");
+
+    let aborts: Vec<_> = handles.iter().map(|h| h.abort_handle()).collect();
+    let all = join_all(handles);
+    tokio::pin!(all);
+    let mut drain_timed_out = false;
+    let results = tokio::select! {
+        r = &mut all => r,
+        _ = options.shutdown.wait() => {
+            health.set_ready(false);
+            tracing::info!(pipeline = %runnable.name, timeout = ?options.drain_timeout, "draining");
+            match tokio::time::timeout(options.drain_timeout, &mut all).await {
+                Ok(r) => r,
+                Err(_) => {
+                    drain_timed_out = true;
+                    aborts.iter().for_each(|a| a.abort());
+                    all.await
+                }
+            }
+        }
+    };
+    health.set_ready(false);
+
+    let mut first_error = None;
+    for (label, r) in labels.iter().zip(results) {
+        let message = match r {
+            Ok(Ok(())) => continue,
+            Ok(Err(m)) => m,
+            Err(e) if e.is_panic() => {
+                let p = e.into_panic();
+                let text = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into());
+                format!("panicked: {text}")
+            }
+            Err(_) => "aborted".into(),
+        };
+        tracing::error!(step = %label, error = %message, "step failed");
+        first_error.get_or_insert(PipelineError::Step {
+            step: label.clone(),
+            message,
+        });
+    }
+
+    server_stop.trigger();
+    if let Some(s) = server {
+        let _ = s.await;
+    }
+
+    let report = RunReport {
+        pipeline: runnable.name.clone(),
+        elapsed: started.elapsed(),
+        steps: entries
+            .into_iter()
+            .map(|(label, kind, m)| {
+                let emitted = runnable
+                    .sources
+                    .iter()
+                    .find(|(l, _)| *l == label)
+                    .map(|(_, s)| s.emitted.get());
+                (label, kind, m, emitted)
+            })
+            .map(|(label, kind, m, emitted)| StepReport {
+                received: emitted.unwrap_or_else(|| m.received.get()),
+                sent: emitted.unwrap_or_else(|| m.sent.get()),
+                errors: m.errors.get(),
+                discarded: m.discarded.get(),
+                late: m.late.get(),
+                label,
+                kind,
+            })
+            .collect(),
+        sources: runnable
+            .sources
+            .iter()
+            .map(|(label, m)| SourceReport {
+                label: label.clone(),
+                emitted: m.emitted.get(),
+                acked: m.acked.get(),
+                nacked: m.nacked.get(),
+                rejected: m.rejected.get(),
+            })
+            .collect(),
+        sinks: runnable
+            .sinks
+            .iter()
+            .map(|(label, m)| SinkReport {
+                label: label.clone(),
+                written: m.written.get(),
+                failed: m.failed.get(),
+                retries: m.retries.get(),
+                batches: m.batches(),
+            })
+            .collect(),
+        buffers: runnable
+            .buffers
+            .iter()
+            .map(|(from, to, m)| BufferReport {
+                from: from.clone(),
+                to: to.clone(),
+                peak_elements: m.peak_elements(),
+                peak_bytes: m.peak_bytes(),
+            })
+            .collect(),
+    };
+    if drain_timed_out {
+        return Err(PipelineError::DrainTimeout(options.drain_timeout));
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}

@@ -1,0 +1,328 @@
+//! Windowing strategies: how elements are assigned to windows, when panes fire, how late data is treated.
+
+use std::time::Duration;
+
+use crate::element::{duration_micros, Timestamp, Window};
+
+/// How elements are assigned to event-time windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowFn {
+    /// One window for all time (the default).
+    Global,
+    /// Tumbling windows of `size`, aligned to the epoch plus `offset`.
+    Fixed {
+        /// Window length.
+        size: Duration,
+        /// Shift of the window boundaries from the epoch.
+        offset: Duration,
+    },
+    /// Windows of `size` starting every `period`; an element belongs to `size / period` windows.
+    Sliding {
+        /// Window length.
+        size: Duration,
+        /// Distance between window starts.
+        period: Duration,
+    },
+    /// Per-key sessions: an element opens `[t, t + gap)`, and overlapping windows of one key merge.
+    Sessions {
+        /// Inactivity gap that closes a session.
+        gap: Duration,
+    },
+}
+
+impl WindowFn {
+    /// Fixed windows of `size` aligned to the epoch.
+    pub fn fixed(size: Duration) -> Self {
+        WindowFn::Fixed {
+            size,
+            offset: Duration::ZERO,
+        }
+    }
+
+    /// Sliding windows of `size` every `period`.
+    pub fn sliding(size: Duration, period: Duration) -> Self {
+        WindowFn::Sliding { size, period }
+    }
+
+    /// Session windows closed by `gap` of inactivity.
+    pub fn sessions(gap: Duration) -> Self {
+        WindowFn::Sessions { gap }
+    }
+
+    /// True when windows must be merged per key after assignment.
+    pub fn is_merging(&self) -> bool {
+        matches!(self, WindowFn::Sessions { .. })
+    }
+
+    /// Checks the parameters (non-zero sizes, period not larger than size).
+    pub fn validate(&self) -> Result<(), String> {
+        match *self {
+            WindowFn::Global => Ok(()),
+            WindowFn::Fixed { size, offset } => {
+                if size.is_zero() {
+                    Err("fixed window size must be greater than zero".into())
+                } else if offset >= size {
+                    Err("fixed window offset must be smaller than the size".into())
+                } else {
+                    Ok(())
+                }
+            }
+            WindowFn::Sliding { size, period } => {
+                if size.is_zero() || period.is_zero() {
+                    Err("sliding window size and period must be greater than zero".into())
+                } else if period > size {
+                    Err("sliding window period must not exceed its size".into())
+                } else {
+                    Ok(())
+                }
+            }
+            WindowFn::Sessions { gap } => {
+                if gap.is_zero() {
+                    Err("session gap must be greater than zero".into())
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Calls `f` once for every window that `ts` belongs to (before any merging).
+    pub fn assign(&self, ts: Timestamp, mut f: impl FnMut(Window)) {
+        match *self {
+            WindowFn::Global => f(Window::GLOBAL),
+            WindowFn::Fixed { size, offset } => {
+                let size = duration_micros(size);
+                let offset = duration_micros(offset);
+                let start = floor_to(ts.0, size, offset);
+                f(Window::new(
+                    Timestamp(start),
+                    Timestamp(start.saturating_add(size)),
+                ));
+            }
+            WindowFn::Sliding { size, period } => {
+                let size = duration_micros(size);
+                let period = duration_micros(period);
+                let last_start = floor_to(ts.0, period, 0);
+                let mut start = last_start;
+                // Every window [start, start + size) with start <= ts < start + size, newest first.
+                while start > ts.0.saturating_sub(size) {
+                    f(Window::new(
+                        Timestamp(start),
+                        Timestamp(start.saturating_add(size)),
+                    ));
+                    match start.checked_sub(period) {
+                        Some(s) => start = s,
+                        None => break,
+                    }
+                }
+            }
+            WindowFn::Sessions { gap } => {
+                f(Window::new(ts, ts.plus(gap)));
+            }
+        }
+    }
+}
+
+/// Largest `offset + k * size` that is `<= t` (floor division, correct for negative times).
+fn floor_to(t: i64, size: i64, offset: i64) -> i64 {
+    let rel = t.saturating_sub(offset);
+    rel - rel.rem_euclid(size) + offset
+}
+
+/// Early firings before the watermark reaches the end of a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EarlyFiring {
+    /// Fire a pane whenever this many new elements arrived in it.
+    EveryCount(u64),
+    /// Fire a pane this long (processing time) after the first element that arrived in it.
+    AfterDelay(Duration),
+}
+
+/// When panes fire. Every trigger fires on time when the watermark passes the end of the window, and for
+/// late data within the allowed lateness (one late pane per incoming batch that touched the window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Trigger {
+    /// Optional speculative firings before the watermark.
+    pub early: Option<EarlyFiring>,
+}
+
+impl Trigger {
+    /// Fire only when the watermark passes the end of the window (and for late data).
+    pub fn at_watermark() -> Self {
+        Trigger { early: None }
+    }
+
+    /// Adds early firings every `n` elements.
+    pub fn with_early_count(mut self, n: u64) -> Self {
+        self.early = Some(EarlyFiring::EveryCount(n.max(1)));
+        self
+    }
+
+    /// Adds early firings `delay` after the first element of a pane.
+    pub fn with_early_delay(mut self, delay: Duration) -> Self {
+        self.early = Some(EarlyFiring::AfterDelay(delay));
+        self
+    }
+}
+
+/// Whether a pane contains only what arrived since the previous pane, or everything so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Accumulation {
+    /// Each pane holds only the elements since the previous firing (the default).
+    #[default]
+    Discarding,
+    /// Each pane holds every element of the window so far.
+    Accumulating,
+}
+
+/// What happens to elements that arrive after their window expired (watermark past end + lateness).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LatePolicy {
+    /// Dropped and counted in the step's `discarded` and `late` metrics (acknowledged: they were handled).
+    #[default]
+    Drop,
+    /// Sent to the late output of the grouping step.
+    Route,
+}
+
+/// Everything a grouping step needs to know about windows: assignment, trigger, lateness, accumulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windowing {
+    /// Window assignment.
+    pub window_fn: WindowFn,
+    /// Firing policy.
+    pub trigger: Trigger,
+    /// How long after the end of a window late data is still accepted.
+    pub allowed_lateness: Duration,
+    /// Discarding or accumulating panes.
+    pub accumulation: Accumulation,
+    /// What to do with data later than the allowed lateness.
+    pub late: LatePolicy,
+}
+
+impl Default for Windowing {
+    fn default() -> Self {
+        Windowing::new(WindowFn::Global)
+    }
+}
+
+impl Windowing {
+    /// A strategy with the given assignment, firing at the watermark, no allowed lateness, discarding.
+    pub fn new(window_fn: WindowFn) -> Self {
+        Windowing {
+            window_fn,
+            trigger: Trigger::default(),
+            allowed_lateness: Duration::ZERO,
+            accumulation: Accumulation::Discarding,
+            late: LatePolicy::Drop,
+        }
+    }
+
+    /// Fixed windows.
+    pub fn fixed(size: Duration) -> Self {
+        Self::new(WindowFn::fixed(size))
+    }
+
+    /// Sliding windows.
+    pub fn sliding(size: Duration, period: Duration) -> Self {
+        Self::new(WindowFn::sliding(size, period))
+    }
+
+    /// Session windows.
+    pub fn sessions(gap: Duration) -> Self {
+        Self::new(WindowFn::sessions(gap))
+    }
+
+    /// Sets the trigger.
+    pub fn triggering(mut self, trigger: Trigger) -> Self {
+        self.trigger = trigger;
+        self
+    }
+
+    /// Sets the allowed lateness.
+    pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
+        self.allowed_lateness = lateness;
+        self
+    }
+
+    /// Accumulating panes.
+    pub fn accumulating(mut self) -> Self {
+        self.accumulation = Accumulation::Accumulating;
+        self
+    }
+
+    /// Discarding panes (the default).
+    pub fn discarding(mut self) -> Self {
+        self.accumulation = Accumulation::Discarding;
+        self
+    }
+
+    /// Routes data later than the allowed lateness to the grouping step's late output instead of dropping it.
+    pub fn route_late(mut self) -> Self {
+        self.late = LatePolicy::Route;
+        self
+    }
+
+    /// The watermark at which a window's state is dropped and later data counts as too late.
+    pub(crate) fn expiry(&self, w: &Window) -> Timestamp {
+        if w.end == Timestamp::MAX {
+            Timestamp::MAX
+        } else {
+            w.end.plus(self.allowed_lateness)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn windows(f: WindowFn, ts: i64) -> Vec<(i64, i64)> {
+        let mut v = Vec::new();
+        f.assign(Timestamp(ts), |w| v.push((w.start.0, w.end.0)));
+        v.sort();
+        v
+    }
+
+    const S: i64 = 1_000_000;
+
+    #[test]
+    fn fixed_assignment() {
+        let f = WindowFn::fixed(Duration::from_secs(10));
+        assert_eq!(windows(f, 0), vec![(0, 10 * S)]);
+        assert_eq!(windows(f, 10 * S - 1), vec![(0, 10 * S)]);
+        assert_eq!(windows(f, 10 * S), vec![(10 * S, 20 * S)]);
+        assert_eq!(windows(f, -1), vec![(-10 * S, 0)]);
+        let off = WindowFn::Fixed {
+            size: Duration::from_secs(10),
+            offset: Duration::from_secs(3),
+        };
+        assert_eq!(windows(off, 2 * S), vec![(-7 * S, 3 * S)]);
+        assert_eq!(windows(off, 3 * S), vec![(3 * S, 13 * S)]);
+    }
+
+    #[test]
+    fn sliding_assignment() {
+        let f = WindowFn::sliding(Duration::from_secs(10), Duration::from_secs(5));
+        assert_eq!(windows(f, 7 * S), vec![(0, 10 * S), (5 * S, 15 * S)]);
+        assert_eq!(windows(f, 5 * S), vec![(0, 10 * S), (5 * S, 15 * S)]);
+        assert_eq!(windows(f, 4 * S), vec![(-5 * S, 5 * S), (0, 10 * S)]);
+        let g = WindowFn::sliding(Duration::from_secs(10), Duration::from_secs(3));
+        // starts 0, 3, 6, 9 cover 9.5s? window [0,10),[3,13),[6,16),[9,19)
+        assert_eq!(windows(g, 9 * S + S / 2).len(), 4);
+    }
+
+    #[test]
+    fn sessions_assignment_and_validation() {
+        let f = WindowFn::sessions(Duration::from_secs(30));
+        assert_eq!(windows(f, 5 * S), vec![(5 * S, 35 * S)]);
+        assert!(f.is_merging());
+        assert!(WindowFn::sessions(Duration::ZERO).validate().is_err());
+        assert!(
+            WindowFn::sliding(Duration::from_secs(1), Duration::from_secs(2))
+                .validate()
+                .is_err()
+        );
+        assert!(WindowFn::fixed(Duration::from_secs(1)).validate().is_ok());
+    }
+}
