@@ -140,16 +140,19 @@ impl WatermarkTracker {
         self.current
     }
 
-    /// Data arrived on `input`: an idle input becomes active again at its last watermark.
-    pub(crate) fn on_data(&mut self, input: usize) {
+    /// Data arrived on `input`: an idle input becomes active again at its last watermark (which may now be
+    /// the minimum over active inputs and so advance the output, before the data is processed).
+    pub(crate) fn on_data(&mut self, input: usize) -> Changes {
         if let InputState::Idle(t) = self.inputs[input] {
             self.inputs[input] = InputState::Active(t);
-            self.idle = false;
+            return self.recompute();
         }
+        Changes::default()
     }
 
-    /// Applies a watermark from one input; returns the new combined watermark when it changed.
-    pub(crate) fn update(&mut self, input: usize, wm: Watermark) -> Option<Watermark> {
+    /// Applies a watermark from one input; returns what changed downstream (at most an event-time advance
+    /// followed by a switch to idle).
+    pub(crate) fn update(&mut self, input: usize, wm: Watermark) -> Changes {
         let state = &mut self.inputs[input];
         *state = match (*state, wm) {
             (InputState::Closed, _) => InputState::Closed,
@@ -162,48 +165,57 @@ impl WatermarkTracker {
     }
 
     /// An input ended (its watermark is the end of time).
-    pub(crate) fn close(&mut self, input: usize) -> Option<Watermark> {
+    pub(crate) fn close(&mut self, input: usize) -> Changes {
         self.inputs[input] = InputState::Closed;
         self.recompute()
     }
 
-    fn recompute(&mut self) -> Option<Watermark> {
-        let mut min: Option<Timestamp> = None;
-        let mut any_idle = false;
+    /// The combined watermark is the minimum over active inputs. When every open input is idle, it is the
+    /// minimum of what the idle inputs promised before going quiet, and the output is idle too. When every
+    /// input is closed, it is the end of time.
+    fn recompute(&mut self) -> Changes {
+        let mut active: Option<Timestamp> = None;
+        let mut idle: Option<Timestamp> = None;
         for s in &self.inputs {
             match *s {
-                InputState::Active(t) => min = Some(min.map_or(t, |m| m.min(t))),
-                InputState::Idle(_) => any_idle = true,
+                InputState::Active(t) => active = Some(active.map_or(t, |m| m.min(t))),
+                InputState::Idle(t) => idle = Some(idle.map_or(t, |m| m.min(t))),
                 InputState::Closed => {}
             }
         }
-        match min {
-            Some(t) => {
-                self.idle = false;
-                if t > self.current {
-                    self.current = t;
-                    return Some(Watermark::EventTime(t));
-                }
-                None
-            }
-            None if any_idle => {
-                if self.idle {
-                    None
-                } else {
-                    self.idle = true;
-                    Some(Watermark::Idle)
-                }
-            }
-            None => {
-                self.idle = false;
-                if self.current != Timestamp::MAX {
-                    self.current = Timestamp::MAX;
-                    Some(Watermark::EventTime(Timestamp::MAX))
-                } else {
-                    None
-                }
-            }
+        let (target, now_idle) = match (active, idle) {
+            (Some(t), _) => (t, false),
+            (None, Some(t)) => (t, true),
+            (None, None) => (Timestamp::MAX, false),
+        };
+        let mut changes = Changes::default();
+        if target > self.current {
+            self.current = target;
+            changes.advanced = Some(target);
         }
+        if now_idle && !self.idle {
+            changes.became_idle = true;
+        }
+        self.idle = now_idle;
+        changes
+    }
+}
+
+/// What a watermark update changed for the step's output.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Changes {
+    /// The combined event-time watermark advanced to this.
+    pub(crate) advanced: Option<Timestamp>,
+    /// Every open input is now idle.
+    pub(crate) became_idle: bool,
+}
+
+impl Changes {
+    fn watermarks(self) -> impl Iterator<Item = Watermark> {
+        self.advanced
+            .map(Watermark::EventTime)
+            .into_iter()
+            .chain(self.became_idle.then_some(Watermark::Idle))
     }
 }
 
@@ -229,7 +241,7 @@ pub(crate) async fn drive<O: Operator>(
         })
         .collect();
     if streams.is_empty() {
-        if let Some(wm) = tracker.recompute() {
+        for wm in tracker.recompute().watermarks() {
             metrics.set_watermark(Timestamp::MAX.0);
             op.on_watermark(wm).await;
         }
@@ -245,23 +257,29 @@ pub(crate) async fn drive<O: Operator>(
             next = streams.next() => next,
         };
         let Some((idx, msg)) = next else { break };
-        let advanced = match msg {
+        let changes = match msg {
             Some(Message::Batch(batch)) => {
-                tracker.on_data(idx);
+                for wm in tracker.on_data(idx).watermarks() {
+                    apply(&mut op, &metrics, wm).await;
+                }
                 op.process(idx, batch).await;
-                None
+                Changes::default()
             }
             Some(Message::Watermark(wm)) => tracker.update(idx, wm),
             None => tracker.close(idx),
         };
-        if let Some(wm) = advanced {
-            if let Watermark::EventTime(t) = wm {
-                metrics.set_watermark(t.0);
-            }
-            op.on_watermark(wm).await;
+        for wm in changes.watermarks() {
+            apply(&mut op, &metrics, wm).await;
         }
     }
     op.on_close().await;
+}
+
+async fn apply<O: Operator>(op: &mut O, metrics: &StepMetrics, wm: Watermark) {
+    if let Watermark::EventTime(t) = wm {
+        metrics.set_watermark(t.0);
+    }
+    op.on_watermark(wm).await;
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -275,6 +293,17 @@ async fn sleep_until(deadline: Option<Instant>) {
 mod tests {
     use super::*;
 
+    fn adv(t: i64) -> Changes {
+        Changes {
+            advanced: Some(Timestamp(t)),
+            became_idle: false,
+        }
+    }
+
+    fn none() -> Changes {
+        Changes::default()
+    }
+
     fn et(t: i64) -> Watermark {
         Watermark::EventTime(Timestamp(t))
     }
@@ -282,10 +311,10 @@ mod tests {
     #[test]
     fn min_over_inputs() {
         let mut w = WatermarkTracker::new(2);
-        assert_eq!(w.update(0, et(10)), None, "input 1 still at MIN");
-        assert_eq!(w.update(1, et(5)), Some(et(5)));
-        assert_eq!(w.update(1, et(20)), Some(et(10)));
-        assert_eq!(w.update(0, et(8)), None, "never backwards");
+        assert_eq!(w.update(0, et(10)), none(), "input 1 still at MIN");
+        assert_eq!(w.update(1, et(5)), adv(5));
+        assert_eq!(w.update(1, et(20)), adv(10));
+        assert_eq!(w.update(0, et(8)), none(), "never backwards");
         assert_eq!(w.current(), Timestamp(10));
     }
 
@@ -293,22 +322,57 @@ mod tests {
     fn idle_input_is_ignored_until_it_speaks() {
         let mut w = WatermarkTracker::new(2);
         w.update(0, et(100));
-        assert_eq!(w.update(1, Watermark::Idle), Some(et(100)));
-        assert_eq!(w.update(0, et(200)), Some(et(200)));
-        assert_eq!(w.update(0, Watermark::Idle), Some(Watermark::Idle));
-        assert_eq!(w.update(1, Watermark::Idle), None);
+        assert_eq!(w.update(1, Watermark::Idle), adv(100));
+        assert_eq!(w.update(0, et(200)), adv(200));
+        // Both quiet: the output goes idle at the minimum they promised (input 1 never promised anything).
+        assert_eq!(
+            w.update(0, Watermark::Idle),
+            Changes {
+                advanced: None,
+                became_idle: true
+            }
+        );
+        assert_eq!(w.update(1, Watermark::Idle), none());
         // Input 1 comes back with data: it is active again at its old watermark (MIN), which holds the
         // minimum back without moving the output backwards.
-        w.on_data(1);
-        assert_eq!(w.update(0, et(300)), None);
-        assert_eq!(w.update(1, et(250)), Some(et(250)));
+        assert_eq!(w.on_data(1), none());
+        assert_eq!(w.update(0, et(300)), none());
+        assert_eq!(w.update(1, et(250)), adv(250));
+    }
+
+    #[test]
+    fn all_idle_advances_to_the_min_promised() {
+        let mut w = WatermarkTracker::new(2);
+        w.update(0, et(50));
+        w.update(1, et(70));
+        assert_eq!(w.current(), Timestamp(50));
+        w.update(1, Watermark::Idle);
+        assert_eq!(
+            w.update(0, Watermark::Idle),
+            Changes {
+                advanced: None,
+                became_idle: true
+            }
+        );
+        let mut w = WatermarkTracker::new(2);
+        w.update(0, et(50));
+        w.update(0, Watermark::Idle);
+        assert_eq!(
+            w.update(1, Watermark::Idle),
+            Changes {
+                advanced: None,
+                became_idle: true
+            },
+            "input 1 promised nothing"
+        );
+        assert_eq!(w.update(1, et(90)), adv(90), "the idle input is ignored");
     }
 
     #[test]
     fn closed_inputs_end_time() {
         let mut w = WatermarkTracker::new(2);
         w.update(0, et(1));
-        assert_eq!(w.close(1), Some(et(1)));
-        assert_eq!(w.close(0), Some(Watermark::EventTime(Timestamp::MAX)));
+        assert_eq!(w.close(1), adv(1));
+        assert_eq!(w.close(0), adv(i64::MAX));
     }
 }

@@ -35,6 +35,15 @@ impl AckLog {
             .push(h);
     }
 
+    /// True when every batch emitted so far has resolved (all its elements finished everywhere).
+    pub fn all_resolved(&self) -> bool {
+        self.batches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .all(|h| h.is_finished())
+    }
+
     /// Waits for every batch emitted so far to resolve and returns the statuses in emission order.
     /// Call it after the run finished.
     pub async fn statuses(&self) -> Vec<Status> {

@@ -1,0 +1,625 @@
+//! Semantics of the engine, pinned end to end through real pipelines: windows, panes, lateness, watermarks,
+//! tagged outputs, fan-out, acknowledgement, backpressure and drain.
+
+use std::time::Duration;
+
+use fluxo::testing::{
+    assert_in_any_order, CollectingSink, DiscardSink, GeneratorSource, TestStream,
+};
+use fluxo::{
+    BufferConfig, DoFn, DoFnContext, PCollection, Pipeline, PipelineConfig, PipelineError,
+    RetryConfig, RunOptions, Shutdown, SinkConfig, Status, Sum, Timestamp, Timing, Trigger, Window,
+    Windowing,
+};
+
+fn secs(s: i64) -> Timestamp {
+    Timestamp::from_secs(s)
+}
+
+fn win(a: i64, b: i64) -> Window {
+    Window::new(secs(a), secs(b))
+}
+
+fn fast_sink() -> SinkConfig {
+    SinkConfig {
+        max_delay: Duration::from_millis(5),
+        ..SinkConfig::default()
+    }
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn fixed_and_sliding_windows_group_per_key() {
+    let p = Pipeline::new("windows");
+    let input = p.read(
+        "Read",
+        TestStream::new().add_values([
+            (("k", 1u64), secs(1)),
+            (("k", 2), secs(9)),
+            (("k", 4), secs(10)),
+            (("j", 8), secs(12)),
+        ]),
+    );
+    let (fixed_sink, fixed) = CollectingSink::new();
+    input
+        .window_into("Fixed", Windowing::fixed(Duration::from_secs(10)))
+        .combine_per_key("SumFixed", Sum::<u64>::default())
+        .write("CollectFixed", fixed_sink, fast_sink());
+    let (sliding_sink, sliding) = CollectingSink::new();
+    input
+        .window_into(
+            "Sliding",
+            Windowing::sliding(Duration::from_secs(10), Duration::from_secs(5)),
+        )
+        .combine_per_key("SumSliding", Sum::<u64>::default())
+        .write("CollectSliding", sliding_sink, fast_sink());
+    p.run(RunOptions::default()).await.unwrap();
+
+    assert_eq!(fixed.in_window(win(0, 10)), vec![("k", 3)]);
+    assert_eq!(fixed.in_window(win(10, 20)), vec![("j", 8), ("k", 4)]);
+    // Pane timestamps are the end of the window minus one microsecond.
+    for e in fixed.elements() {
+        assert_eq!(e.timestamp, e.window.max_timestamp());
+        assert_eq!(e.pane.timing, Timing::OnTime);
+        assert!(e.pane.is_last);
+    }
+    assert_eq!(sliding.in_window(win(-5, 5)), vec![("k", 1)]);
+    assert_eq!(sliding.in_window(win(0, 10)), vec![("k", 3)]);
+    assert_eq!(sliding.in_window(win(5, 15)), vec![("j", 8), ("k", 6)]);
+    assert_eq!(sliding.in_window(win(10, 20)), vec![("j", 8), ("k", 4)]);
+    assert_eq!(sliding.windows().len(), 4);
+}
+
+#[tokio::test]
+async fn sessions_merge_per_key() {
+    let p = Pipeline::new("sessions");
+    let (sink, out) = CollectingSink::new();
+    p.read(
+        "Read",
+        TestStream::new()
+            .add_values([
+                (("u", 0), secs(0)),
+                (("u", 5), secs(5)),
+                (("u", 30), secs(30)),
+            ])
+            // Bridges [0, 15) and ... not yet [30, 40): [14, 24) extends the first session.
+            .add_values([(("u", 14), secs(14))])
+            // [22, 32) touches both [0, 24) and [30, 40): all merge into [0, 40).
+            .add_values([(("u", 22), secs(22)), (("v", 100), secs(100))]),
+    )
+    .window_into("Sessions", Windowing::sessions(Duration::from_secs(10)))
+    .group_by_key("Group")
+    .map("Sort", |(k, mut v): (&'static str, Vec<i32>)| {
+        v.sort();
+        (k, v)
+    })
+    .write("Collect", sink, fast_sink());
+    p.run(RunOptions::default()).await.unwrap();
+
+    assert_eq!(out.windows(), vec![win(0, 40), win(100, 110)]);
+    assert_eq!(
+        out.in_window(win(0, 40)),
+        vec![("u", vec![0, 5, 14, 22, 30])]
+    );
+    assert_eq!(out.in_window(win(100, 110)), vec![("v", vec![100])]);
+}
+
+#[tokio::test]
+async fn sessions_stay_apart_when_the_gap_is_respected() {
+    let p = Pipeline::new("sessions-apart");
+    let (sink, out) = CollectingSink::new();
+    p.read(
+        "Read",
+        TestStream::new().add_values([
+            (("u", 1u64), secs(0)),
+            (("u", 1), secs(10)),
+            (("u", 1), secs(25)),
+        ]),
+    )
+    .window_into("Sessions", Windowing::sessions(Duration::from_secs(10)))
+    .combine_per_key("Count", Sum::<u64>::default())
+    .write("Collect", sink, fast_sink());
+    p.run(RunOptions::default()).await.unwrap();
+    // [0,10) and [10,20) only touch: half-open windows do not overlap, so they stay separate sessions.
+    assert_eq!(out.windows(), vec![win(0, 10), win(10, 20), win(25, 35)]);
+}
+
+#[tokio::test]
+async fn early_on_time_late_and_too_late() {
+    let p = Pipeline::new("panes");
+    let (sink, out) = CollectingSink::new();
+    let (late_sink, late) = CollectingSink::new();
+    let windowing = Windowing::fixed(Duration::from_secs(10))
+        .triggering(Trigger::at_watermark().with_early_count(2))
+        .allowed_lateness(Duration::from_secs(10))
+        .route_late();
+    let (panes, too_late) = p
+        .read(
+            "Read",
+            TestStream::new()
+                .add_values([
+                    (("k", "a".to_string()), secs(1)),
+                    (("k", "b".into()), secs(2)),
+                ])
+                .add_values([(("k", "c".to_string()), secs(3))])
+                .advance_watermark(secs(10))
+                .add_values([(("k", "d".to_string()), secs(4))])
+                .advance_watermark(secs(25))
+                .add_values([(("k", "e".to_string()), secs(5))]),
+        )
+        .window_into("Window", windowing)
+        .combine_per_key_with_late("Group", fluxo::ToList);
+    panes
+        .map("Sort", |(k, v): (&'static str, Vec<String>)| (k, sorted(v)))
+        .write("Collect", sink, fast_sink());
+    too_late.write("Late", late_sink, fast_sink());
+    let report = p.run(RunOptions::default()).await.unwrap();
+
+    let got: Vec<_> = out
+        .panes(win(0, 10))
+        .into_iter()
+        .map(|(pane, (_, v))| (pane.timing, pane.index, pane.is_last, v))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Timing::Early, 0, false, vec!["a".to_string(), "b".into()]),
+            (Timing::OnTime, 1, false, vec!["c".to_string()]),
+            (Timing::Late, 2, false, vec!["d".to_string()]),
+        ]
+    );
+    assert_eq!(late.values(), vec![("k", "e".to_string())]);
+    assert_eq!(report.step("Group").unwrap().late, 1);
+}
+
+#[tokio::test]
+async fn accumulating_panes_repeat_earlier_elements_and_late_data_is_dropped_by_default() {
+    let p = Pipeline::new("accumulating");
+    let (sink, out) = CollectingSink::new();
+    p.read(
+        "Read",
+        TestStream::new()
+            .add_values([(("k", 1u64), secs(1)), (("k", 2), secs(2))])
+            .add_values([(("k", 4), secs(3))])
+            .advance_watermark(secs(10))
+            .add_values([(("k", 100), secs(4))]),
+    )
+    .window_into(
+        "Window",
+        Windowing::fixed(Duration::from_secs(10))
+            .triggering(Trigger::at_watermark().with_early_count(2))
+            .accumulating(),
+    )
+    .combine_per_key("Sum", Sum::<u64>::default())
+    .write("Collect", sink, fast_sink());
+    let report = p.run(RunOptions::default()).await.unwrap();
+    let got: Vec<_> = out
+        .panes(win(0, 10))
+        .into_iter()
+        .map(|(pane, (_, v))| (pane.timing, v))
+        .collect();
+    assert_eq!(got, vec![(Timing::Early, 3), (Timing::OnTime, 7)]);
+    let group = report.step("Sum").unwrap();
+    assert_eq!((group.late, group.discarded), (1, 1));
+}
+
+#[tokio::test]
+async fn early_firing_by_processing_time() {
+    let p = Pipeline::new("early-delay");
+    let (sink, out) = CollectingSink::new();
+    p.read(
+        "Read",
+        TestStream::new()
+            .add_values([(("k", 1u64), secs(1))])
+            .sleep(Duration::from_millis(300))
+            .add_values([(("k", 2u64), secs(2))]),
+    )
+    .window_into(
+        "Window",
+        Windowing::fixed(Duration::from_secs(10))
+            .triggering(Trigger::at_watermark().with_early_delay(Duration::from_millis(50))),
+    )
+    .combine_per_key("Sum", Sum::<u64>::default())
+    .write("Collect", sink, fast_sink());
+    p.run(RunOptions::default()).await.unwrap();
+    let got: Vec<_> = out
+        .panes(win(0, 10))
+        .into_iter()
+        .map(|(pane, (_, v))| (pane.timing, v))
+        .collect();
+    assert_eq!(got.first(), Some(&(Timing::Early, 1)));
+    assert_eq!(got.iter().map(|g| g.1).sum::<u64>(), 3);
+}
+
+/// Input A advances to 20 s; input B says nothing. When B is idle, the window [0, 10) closes on A's
+/// watermark alone and a later element at 5 s is late; when B is merely silent (not idle), the watermark
+/// is held back and the same element is on time.
+async fn idle_case(
+    b: TestStream<(&'static str, u64)>,
+    idle_timeout: Option<Duration>,
+) -> (Vec<u64>, u64) {
+    let p = Pipeline::with_config(PipelineConfig {
+        idle_timeout,
+        ..PipelineConfig::default()
+    });
+    let a = p.read(
+        "A",
+        TestStream::new()
+            .add_values([(("k", 1u64), secs(1))])
+            .advance_watermark(secs(20))
+            .sleep(Duration::from_millis(400))
+            .add_values([(("k", 10u64), secs(5))]),
+    );
+    let b = p.read("B", b);
+    let (sink, out) = CollectingSink::new();
+    p.flatten("Both", &[&a, &b])
+        .window_into("Window", Windowing::fixed(Duration::from_secs(10)))
+        .combine_per_key("Sum", Sum::<u64>::default())
+        .write("Collect", sink, fast_sink());
+    let report = p.run(RunOptions::default()).await.unwrap();
+    let sums = out
+        .in_window(win(0, 10))
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    (sums, report.step("Sum").unwrap().late)
+}
+
+#[tokio::test]
+async fn watermark_is_the_min_over_inputs_ignoring_idle_ones() {
+    let silent = || TestStream::new().sleep(Duration::from_millis(700));
+    // B silent but not idle: holds the watermark at MIN, so the 5 s element is on time.
+    assert_eq!(idle_case(silent(), None).await, (vec![11], 0));
+    // B declares itself idle.
+    let idle_then_silent = TestStream::new().idle().sleep(Duration::from_millis(700));
+    assert_eq!(idle_case(idle_then_silent, None).await, (vec![1], 1));
+    // B detected idle by the engine after the idle timeout.
+    assert_eq!(
+        idle_case(silent(), Some(Duration::from_millis(100))).await,
+        (vec![1], 1)
+    );
+}
+
+struct Parse;
+impl DoFn for Parse {
+    type In = String;
+    type Out = i64;
+    type Dead = (String, String);
+    fn process(&mut self, line: String, ctx: &mut DoFnContext<'_, i64, (String, String)>) {
+        match line.parse::<i64>() {
+            Ok(n) => ctx.output(n),
+            Err(e) => ctx.dead_letter((line, e.to_string())),
+        }
+    }
+}
+
+#[tokio::test]
+async fn tagged_outputs_and_dead_letters_are_acked_once_stored() {
+    let p = Pipeline::new("tagged");
+    let (source, acks) = TestStream::new()
+        .add_values(["1", "x", "3", "", "5"].map(|s| (s.to_string(), secs(0))))
+        .with_acks();
+    let parsed = p.read("Read", source).par_do("Parse", Parse);
+    let (main_sink, main) = CollectingSink::new();
+    let (dead_sink, dead) = CollectingSink::new();
+    parsed.main.write("Numbers", main_sink, fast_sink());
+    parsed
+        .dead_letters
+        .write("DeadLetters", dead_sink, fast_sink());
+    let report = p.run(RunOptions::default()).await.unwrap();
+    assert_eq!(main.values_sorted(), vec![1, 3, 5]);
+    let dead: Vec<String> = dead.values().into_iter().map(|(raw, _)| raw).collect();
+    assert_in_any_order(&dead, &["x".to_string(), String::new()]);
+    assert_eq!(acks.statuses().await, vec![Status::Delivered; 5]);
+    let step = report.step("Parse").unwrap();
+    assert_eq!((step.received, step.sent, step.errors), (5, 3, 2));
+}
+
+#[tokio::test]
+async fn fan_out_every_consumer_sees_every_element() {
+    let p = Pipeline::new("fanout");
+    let input = p
+        .read("Read", GeneratorSource::new(5000, |i| i))
+        .map("Square", |x| x * x);
+    let outs: Vec<_> = (0..3)
+        .map(|i| {
+            let (sink, out) = CollectingSink::new();
+            input.write(&format!("Sink{i}"), sink, fast_sink());
+            out
+        })
+        .collect();
+    p.run(RunOptions::default()).await.unwrap();
+    let expected: Vec<u64> = (0..5000).map(|x| x * x).collect();
+    for out in outs {
+        assert_eq!(out.values_sorted(), expected);
+    }
+}
+
+#[tokio::test]
+async fn an_element_is_acked_only_when_every_sink_finished() {
+    let p = Pipeline::new("acks");
+    let (source, acks) = TestStream::new()
+        .add_values((0..20u64).map(|i| (i, secs(0))))
+        .with_acks();
+    let input = p.read("Read", source);
+    let (fast, fast_out) = CollectingSink::new();
+    let (slow, slow_out) = CollectingSink::new();
+    input.write("Fast", fast, fast_sink());
+    input.write(
+        "Slow",
+        slow.with_delay(Duration::from_millis(600)),
+        fast_sink(),
+    );
+    let run = tokio::spawn(p.run(RunOptions::default()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fast_out.len(), 20, "the fast sink is done");
+    assert!(slow_out.is_empty());
+    assert!(
+        !acks.all_resolved(),
+        "nothing may be acked before the slow sink wrote"
+    );
+    run.await.unwrap().unwrap();
+    assert_eq!(acks.statuses().await, vec![Status::Delivered; 20]);
+}
+
+#[tokio::test]
+async fn sink_failures_become_nacks_and_transient_ones_are_retried() {
+    let p = Pipeline::new("failures");
+    let (source, acks) = TestStream::new()
+        .add_values((0..30u64).map(|i| (i, secs(0))))
+        .with_acks();
+    let input = p.read("Read", source);
+    let retry = RetryConfig {
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+        max_retries: 5,
+    };
+    let cfg = SinkConfig {
+        retry,
+        ..fast_sink()
+    };
+    let (ok, ok_out) = CollectingSink::new();
+    let (flaky, flaky_out) = CollectingSink::new();
+    let (picky, _) = CollectingSink::new();
+    input.write("Ok", ok, cfg);
+    input.write("Flaky", flaky.failing_first(3, true), cfg);
+    input.write("Picky", picky.rejecting(|v: &u64| v % 10 == 7), cfg);
+    let report = p.run(RunOptions::default()).await.unwrap();
+    assert_eq!(ok_out.len(), 30);
+    assert_eq!(flaky_out.len(), 30, "transient failures were retried");
+    assert_eq!(report.sink("Flaky").unwrap().retries, 3);
+    let statuses = acks.statuses().await;
+    for (i, s) in statuses.iter().enumerate() {
+        let expected = if i % 10 == 7 {
+            Status::Rejected
+        } else {
+            Status::Delivered
+        };
+        assert_eq!(*s, expected, "element {i}");
+    }
+    let src = report.source("Read").unwrap();
+    assert_eq!(
+        (src.acked, src.nacked, src.rejected),
+        (0, 0, 0),
+        "the test source does not record"
+    );
+}
+
+#[tokio::test]
+async fn exhausted_retries_nack_as_errored() {
+    let p = Pipeline::new("exhausted");
+    let (source, acks) = TestStream::new()
+        .add_values((0..4u64).map(|i| (i, secs(0))))
+        .with_acks();
+    let (down, _) = CollectingSink::new();
+    let cfg = SinkConfig {
+        retry: RetryConfig {
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(2),
+            max_retries: 2,
+        },
+        ..fast_sink()
+    };
+    p.read("Read", source)
+        .write("Down", down.failing_first(u64::MAX, true), cfg);
+    let report = p.run(RunOptions::default()).await.unwrap();
+    assert_eq!(acks.statuses().await, vec![Status::Errored; 4]);
+    assert_eq!(report.sink("Down").unwrap().failed, 4);
+    assert_eq!(report.sink("Down").unwrap().retries, 2);
+}
+
+#[tokio::test]
+async fn a_slow_sink_holds_the_source_back_within_the_buffer_bound() {
+    let bound = 500u32;
+    let p = Pipeline::with_config(PipelineConfig {
+        buffer: BufferConfig {
+            max_elements: bound,
+            max_bytes: 1 << 20,
+        },
+        batch_size: 100,
+        ..PipelineConfig::default()
+    });
+    let n = 20_000u64;
+    let (slow, out) = CollectingSink::new();
+    p.read("Read", GeneratorSource::new(n, |i| i))
+        .map("A", |x| x + 1)
+        .map("B", |x| x * 2)
+        .write(
+            "Slow",
+            slow.with_delay(Duration::from_millis(2)),
+            SinkConfig {
+                max_events: 100,
+                max_in_flight: 1,
+                ..fast_sink()
+            },
+        );
+    let metrics = p.metrics();
+    let run = tokio::spawn(p.run(RunOptions::default()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Mid-run: everything emitted but not yet written sits in the 3 bounded buffers, in the one batch each
+    // of the 3 upstream steps holds while waiting for room, in the sink's pending batch and in its one
+    // request in flight.
+    let text = metrics.encode_prometheus_text();
+    let emitted = counter(&text, "fluxo_source_emitted_elements_total");
+    let written = out.len() as u64;
+    assert!(
+        emitted < n,
+        "the source is held back ({emitted} of {n} emitted)"
+    );
+    assert!(
+        emitted - written <= 3 * u64::from(bound) + 3 * 100 + 2 * 100,
+        "in flight {} exceeds the bound",
+        emitted - written
+    );
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(out.len() as u64, n);
+    assert!(report.peak_buffered_elements() <= u64::from(bound));
+    assert!(report.peak_buffered_elements() > 0);
+}
+
+fn counter(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[tokio::test]
+async fn graceful_drain_loses_nothing_and_fires_pending_windows() {
+    let p = Pipeline::new("drain");
+    let (source, acks) = GeneratorSource::new(u64::MAX, |i| i)
+        .pause_every(1000, Duration::from_millis(5))
+        .with_acks();
+    let input = p.read("Read", source);
+    let (sink, out) = CollectingSink::new();
+    input.write("All", sink, fast_sink());
+    let (count_sink, counts) = CollectingSink::new();
+    input
+        .key_by("Key", |_| "all")
+        .combine_per_key("Count", fluxo::Count)
+        .write("Counts", count_sink, fast_sink());
+    let shutdown = Shutdown::new();
+    let run = tokio::spawn(p.run(RunOptions {
+        shutdown: shutdown.signal(),
+        ..RunOptions::default()
+    }));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    shutdown.trigger();
+    let report = run.await.unwrap().unwrap();
+    let emitted = report.source("Read").unwrap().emitted;
+    assert!(emitted > 0);
+    assert_eq!(
+        out.len() as u64,
+        emitted,
+        "every emitted element was written"
+    );
+    assert_eq!(
+        counts.values(),
+        vec![("all", emitted)],
+        "the global window fired on drain"
+    );
+    let statuses = acks.statuses().await;
+    assert_eq!(statuses.len() as u64, emitted);
+    assert!(statuses.iter().all(|s| *s == Status::Delivered));
+}
+
+#[tokio::test]
+async fn parallel_steps_keep_order() {
+    let p = Pipeline::with_config(PipelineConfig {
+        batch_size: 64,
+        ..PipelineConfig::default()
+    });
+    let (sink, out) = CollectingSink::new();
+    p.read("Read", GeneratorSource::new(10_000, |i| i))
+        .parallel(3)
+        .map("Work", |x| {
+            if x % 640 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            x + 1
+        })
+        .write(
+            "Collect",
+            sink,
+            SinkConfig {
+                max_in_flight: 1,
+                ..fast_sink()
+            },
+        );
+    p.run(RunOptions::default()).await.unwrap();
+    assert_eq!(out.values(), (1..=10_000).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn labels_are_unique_and_composites_are_scoped() {
+    let p = Pipeline::new("labels");
+    let input = p.read("Read", TestStream::new().add_values([(1u64, secs(0))]));
+    input
+        .map("Map", |x| x)
+        .write("Out", DiscardSink, fast_sink());
+    input.map("Map", |x| x + 1);
+    match p.build() {
+        Err(PipelineError::Build(errors)) => {
+            assert_eq!(errors.len(), 1);
+            assert!(
+                errors[0].contains("duplicate step label 'Map'"),
+                "{errors:?}"
+            );
+        }
+        other => panic!("expected a build error, got {:?}", other.err()),
+    }
+
+    let p = Pipeline::new("composite");
+    let (sink, out) = CollectingSink::new();
+    let double_then_inc = |c: &PCollection<u64>| c.map("Double", |x| x * 2).map("Inc", |x| x + 1);
+    p.read(
+        "Read",
+        TestStream::new().add_values([(1u64, secs(0)), (2, secs(0))]),
+    )
+    .apply("Transform", double_then_inc)
+    .write("Out", sink, fast_sink());
+    let report = p.run(RunOptions::default()).await.unwrap();
+    assert_eq!(out.values_sorted(), vec![3, 5]);
+    assert_eq!(report.step("Transform/Double").unwrap().received, 2);
+    assert_eq!(report.step("Transform/Inc").unwrap().sent, 2);
+}
+
+#[tokio::test]
+async fn invalid_windows_are_build_errors() {
+    let p = Pipeline::new("bad-window");
+    p.read("Read", TestStream::<u64>::new())
+        .window_into("W", Windowing::sessions(Duration::ZERO))
+        .write("Out", DiscardSink, fast_sink());
+    let err = p.build().err().expect("build error");
+    assert!(
+        err.to_string()
+            .contains("session gap must be greater than zero"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_step_fails_the_run_without_acking_its_elements() {
+    let p = Pipeline::new("panic");
+    let (source, acks) = TestStream::new()
+        .add_values((0..10u64).map(|i| (i, secs(0))))
+        .with_acks();
+    p.read("Read", source)
+        .map("Boom", |x| {
+            if x == 5 {
+                panic!("bad element");
+            }
+            x
+        })
+        .write("Out", DiscardSink, fast_sink());
+    let err = p.run(RunOptions::default()).await.unwrap_err();
+    assert!(err.to_string().contains("Boom"), "{err}");
+    let statuses = acks.statuses().await;
+    assert_eq!(statuses.len(), 10);
+    assert_ne!(statuses[5], Status::Delivered);
+}
