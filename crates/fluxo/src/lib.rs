@@ -62,5 +62,5 @@ pub use pipeline::{
 pub use report::{BufferReport, RunReport, SinkReport, SourceReport, StepReport};
 pub use shutdown::{Shutdown, ShutdownSignal};
 pub use sink::{ErrorClass, Meta, RetryConfig, Sink, SinkBatch, SinkConfig, WriteError};
-pub use source::{BoxError, Source, SourceContext, Stopped};
+pub use source::{BoxError, IterSource, Source, SourceContext, Stopped};
 pub use window::{Accumulation, EarlyFiring, LatePolicy, Trigger, WindowFn, Windowing};

@@ -38,7 +38,8 @@ pub struct Stopped;
 
 /// What a running source uses to emit elements and watermarks.
 pub struct SourceContext<T> {
-    output: Arc<Output<T>>,
+    output: Option<Arc<Output<T>>>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
     batch_size: usize,
     watermark: Timestamp,
     activity: Arc<Activity>,
@@ -66,18 +67,24 @@ impl<T: Data> SourceContext<T> {
         if elements.is_empty() {
             return Ok(());
         }
+        let Some(output) = self.output.clone() else {
+            for e in &elements {
+                e.finalizers.update(Status::Errored);
+            }
+            return Err(Stopped);
+        };
         self.mark_active();
         self.metrics.emitted.inc_by(elements.len() as u64);
-        if !self.output.has_consumers() {
+        if !output.has_consumers() {
             return Ok(());
         }
         while elements.len() > self.batch_size {
             let rest = elements.split_off(self.batch_size);
-            self.output.send(elements).await;
+            output.send(elements).await;
             elements = rest;
         }
-        self.output.send(elements).await;
-        if self.output.all_closed() {
+        output.send(elements).await;
+        if output.all_closed() {
             return Err(Stopped);
         }
         Ok(())
@@ -107,7 +114,9 @@ impl<T: Data> SourceContext<T> {
         if ts > self.watermark {
             self.watermark = ts;
             self.metrics.set_watermark(ts.0);
-            self.output.send_watermark(Watermark::EventTime(ts));
+            if let Some(o) = &self.output {
+                o.send_watermark(Watermark::EventTime(ts));
+            }
         }
     }
 
@@ -115,8 +124,20 @@ impl<T: Data> SourceContext<T> {
     pub fn mark_idle(&mut self) {
         if !self.activity.idle.swap(true, Ordering::Relaxed) {
             self.metrics.set_idle(true);
-            self.output.send_watermark(Watermark::Idle);
+            if let Some(o) = &self.output {
+                o.send_watermark(Watermark::Idle);
+            }
         }
+    }
+
+    /// Ends this source's output while the source keeps running: downstream steps see the end of the
+    /// input (windows fire, sinks flush), so outstanding acknowledgements can resolve and the source can
+    /// still act on them (ack or nack upstream) before returning. Later emits fail with [`Stopped`].
+    pub fn close_output(&mut self) {
+        if let Some(t) = self.ticker.take() {
+            t.abort();
+        }
+        self.output = None;
     }
 
     /// The watermark declared so far.
@@ -155,6 +176,58 @@ impl<T: Data> SourceContext<T> {
     }
 }
 
+impl<T> Drop for SourceContext<T> {
+    fn drop(&mut self) {
+        // The idle ticker holds a handle to the output; stop it so the output closes with the source.
+        if let Some(t) = self.ticker.take() {
+            t.abort();
+        }
+    }
+}
+
+/// A bounded source over an in-memory iterator of values and event times (replays, examples, tools).
+/// The watermark follows the largest event time emitted so far, so out-of-order input is fine as long as
+/// it is not older than what was already emitted in earlier batches.
+pub struct IterSource<I> {
+    iter: I,
+}
+
+impl<I> IterSource<I> {
+    /// Wraps an iterator of `(value, event time)`.
+    pub fn new(iter: I) -> Self {
+        IterSource { iter }
+    }
+}
+
+impl<T, I> Source for IterSource<I>
+where
+    T: Data,
+    I: Iterator<Item = (T, Timestamp)> + Send + 'static,
+{
+    type Output = T;
+
+    async fn run(mut self, mut ctx: SourceContext<T>) -> Result<(), BoxError> {
+        let batch = ctx.batch_size();
+        let mut max = Timestamp::MIN;
+        loop {
+            let elements: Vec<Element<T>> = self
+                .iter
+                .by_ref()
+                .take(batch)
+                .map(|(v, ts)| {
+                    max = max.max(ts);
+                    Element::new(v, ts)
+                })
+                .collect();
+            if elements.is_empty() || ctx.shutdown().is_triggered() {
+                return Ok(());
+            }
+            ctx.emit(elements).await?;
+            ctx.advance_watermark(max);
+        }
+    }
+}
+
 /// Runs a source with idle detection; returns when it finishes.
 pub(crate) async fn run_source<S: Source>(
     source: S,
@@ -190,7 +263,8 @@ pub(crate) async fn run_source<S: Source>(
         })
     });
     let ctx = SourceContext {
-        output,
+        output: Some(output),
+        ticker,
         batch_size: batch_size.max(1),
         watermark: Timestamp::MIN,
         activity,
@@ -198,10 +272,6 @@ pub(crate) async fn run_source<S: Source>(
         metrics: metrics.clone(),
     };
     let result = source.run(ctx).await;
-    if let Some(t) = ticker {
-        t.abort();
-        let _ = t.await;
-    }
     metrics.set_watermark(Timestamp::MAX.0);
     result
 }

@@ -179,6 +179,7 @@ pub struct GeneratorSource<T, F> {
     count: u64,
     f: F,
     acks: Option<AckLog>,
+    count_acks: bool,
     pause_every: Option<(u64, Duration)>,
     _t: std::marker::PhantomData<fn() -> T>,
 }
@@ -190,9 +191,18 @@ impl<T: Data, F: Fn(u64) -> T + Send + 'static> GeneratorSource<T, F> {
             count,
             f,
             acks: None,
+            count_acks: false,
             pause_every: None,
             _t: std::marker::PhantomData,
         }
+    }
+
+    /// Tracks acknowledgement like a production source: outcomes are counted in the source metrics
+    /// (acked / nacked), nothing is retained per element, and the source returns only after every
+    /// element resolved (it closes its output first, so pending windows can fire).
+    pub fn counting_acks(mut self) -> Self {
+        self.count_acks = true;
+        self
     }
 
     /// Tracks acknowledgement of every element.
@@ -215,6 +225,7 @@ impl<T: Data, F: Fn(u64) -> T + Send + 'static> Source for GeneratorSource<T, F>
     async fn run(self, mut ctx: SourceContext<T>) -> Result<(), BoxError> {
         let batch = ctx.batch_size() as u64;
         let mut i = 0;
+        let mut waiters = tokio::task::JoinSet::new();
         while i < self.count && !ctx.shutdown().is_triggered() {
             let end = (i + batch).min(self.count);
             let mut elements: Vec<_> = (i..end)
@@ -222,6 +233,15 @@ impl<T: Data, F: Fn(u64) -> T + Send + 'static> Source for GeneratorSource<T, F>
                 .collect();
             if let Some(log) = &self.acks {
                 track(&mut elements, log);
+            } else if self.count_acks {
+                let (fins, rx) = ack_batch(elements.len());
+                for (e, f) in elements.iter_mut().zip(fins) {
+                    e.finalizers = f.into();
+                }
+                waiters.spawn(rx.wait());
+                while let Some(Ok(statuses)) = waiters.try_join_next() {
+                    ctx.record_statuses(&statuses);
+                }
             }
             ctx.emit(elements).await?;
             ctx.advance_watermark(Timestamp(end as i64));
@@ -231,6 +251,12 @@ impl<T: Data, F: Fn(u64) -> T + Send + 'static> Source for GeneratorSource<T, F>
                 }
             }
             i = end;
+        }
+        ctx.close_output();
+        while let Some(r) = waiters.join_next().await {
+            if let Ok(statuses) = r {
+                ctx.record_statuses(&statuses);
+            }
         }
         Ok(())
     }

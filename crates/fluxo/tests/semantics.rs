@@ -623,3 +623,20 @@ async fn a_panicking_step_fails_the_run_without_acking_its_elements() {
     assert_eq!(statuses.len(), 10);
     assert_ne!(statuses[5], Status::Delivered);
 }
+
+#[tokio::test]
+async fn a_source_can_close_its_output_and_still_collect_outcomes() {
+    // The source closes its output before waiting for acknowledgements, so the global window (which holds
+    // every element's acknowledgement until it fires at the end of input) can fire: no deadlock.
+    let p = Pipeline::new("close-output");
+    let input = p.read("Read", GeneratorSource::new(10_000, |i| i).counting_acks());
+    let (sink, counts) = CollectingSink::new();
+    input
+        .key_by("Key", |_| "all")
+        .combine_per_key("Count", fluxo::Count)
+        .write("Counts", sink, fast_sink());
+    let report = p.run(RunOptions::default()).await.unwrap();
+    assert_eq!(counts.values(), vec![("all", 10_000)]);
+    let src = report.source("Read").unwrap();
+    assert_eq!((src.emitted, src.acked, src.nacked), (10_000, 10_000, 0));
+}
