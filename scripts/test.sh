@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, every test of the workspace (unit, integration, doc tests).
+# Usage: ./scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+if cargo nextest --version >/dev/null 2>&1; then
+  step "cargo nextest run (unit and integration tests)"
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  step "cargo test (cargo-nextest not installed)"
+  cargo test --workspace --locked --no-fail-fast --lib --bins --tests
+fi
+
+step "cargo test --doc (documentation examples)"
+cargo test --workspace --locked --doc
