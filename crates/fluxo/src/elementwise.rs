@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::channel::Watermark;
 use crate::element::{Data, Element, PaneInfo, Timestamp, Window};
-use crate::finalizer::Finalizers;
+use crate::finalizer::{Finalizers, Guarded, Status};
 use crate::metrics::StepMetrics;
 use crate::operator::{Operator, Output};
 use crate::window::WindowFn;
@@ -390,12 +390,33 @@ fn bundle_element<T>(
 }
 
 struct Done<F: BatchFn> {
-    f: F,
+    f: Option<F>,
     out: Vec<Element<F::Out>>,
     dead: Vec<Element<F::Dead>>,
     received: u64,
     dropped: u64,
     elapsed: Duration,
+}
+
+impl<F: BatchFn> Done<F> {
+    fn f_take(&mut self) -> F {
+        match self.f.take() {
+            Some(f) => f,
+            None => unreachable!("a batch result is emitted once"),
+        }
+    }
+}
+
+impl<F: BatchFn> Drop for Done<F> {
+    /// A result that is dropped instead of emitted (its step failed or was aborted) was not delivered.
+    fn drop(&mut self) {
+        for e in &self.out {
+            e.finalizers.update(Status::Errored);
+        }
+        for e in &self.dead {
+            e.finalizers.update(Status::Errored);
+        }
+    }
 }
 
 fn run_batch<F: BatchFn>(mut f: F, batch: Vec<Element<F::In>>) -> Done<F> {
@@ -405,7 +426,7 @@ fn run_batch<F: BatchFn>(mut f: F, batch: Vec<Element<F::In>>) -> Done<F> {
     let mut dead = Vec::new();
     let dropped = f.process_batch(batch, &mut out, &mut dead);
     Done {
-        f,
+        f: Some(f),
         out,
         dead,
         received,
@@ -427,6 +448,8 @@ pub(crate) struct ElementwiseOp<F: BatchFn> {
     parallelism: usize,
     pending: VecDeque<Pending<F>>,
     in_flight: usize,
+    /// The oldest batch, finished and taken from `pending`, not yet emitted.
+    completed: Option<Done<F>>,
     main: Output<F::Out>,
     dead: Output<F::Dead>,
     metrics: StepMetrics,
@@ -445,24 +468,27 @@ impl<F: BatchFn> ElementwiseOp<F> {
             parallelism,
             pending: VecDeque::new(),
             in_flight: 0,
+            completed: None,
             main,
             dead,
             metrics,
         }
     }
 
-    async fn emit(&mut self, done: Done<F>) {
-        self.pool.push(done.f);
+    async fn emit(&mut self, mut done: Done<F>) {
+        let out = std::mem::take(&mut done.out);
+        let dead = std::mem::take(&mut done.dead);
         let m = &self.metrics;
         m.received.inc_by(done.received);
         m.observe_batch(done.received, done.elapsed);
-        let (sent, errors) = (done.out.len() as u64, done.dead.len() as u64);
+        let (sent, errors) = (out.len() as u64, dead.len() as u64);
         let mut discarded = done.dropped;
+        self.pool.push(done.f_take());
         if sent > 0 {
-            discarded += self.main.send(done.out).await;
+            discarded += self.main.send(out).await;
         }
         if errors > 0 {
-            discarded += self.dead.send(done.dead).await;
+            discarded += self.dead.send(dead).await;
         }
         m.sent.inc_by(sent);
         m.errors.inc_by(errors);
@@ -471,27 +497,43 @@ impl<F: BatchFn> ElementwiseOp<F> {
         }
     }
 
-    /// Completes the oldest in-flight batch and forwards the watermarks queued behind it.
-    async fn complete_front(&mut self) {
-        while let Some(front) = self.pending.pop_front() {
-            match front {
-                Pending::Watermark(wm) => self.forward_watermark(wm),
-                Pending::Batch(handle) => {
-                    self.in_flight -= 1;
-                    match handle.await {
-                        Ok(done) => self.emit(done).await,
-                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                        Err(_) => {}
-                    }
-                    while let Some(Pending::Watermark(_)) = self.pending.front() {
-                        if let Some(Pending::Watermark(wm)) = self.pending.pop_front() {
-                            self.forward_watermark(wm);
-                        }
-                    }
-                    return;
+    /// Waits until the oldest in-flight batch finished and moves its result to `completed`. Cancel-safe:
+    /// nothing is lost if the wait is dropped before it returns.
+    async fn wait_front(&mut self) {
+        if self.completed.is_some() {
+            return;
+        }
+        match self.pending.front_mut() {
+            Some(Pending::Batch(handle)) => {
+                let result = handle.await;
+                self.pending.pop_front();
+                self.in_flight -= 1;
+                match result {
+                    Ok(done) => self.completed = Some(done),
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => {}
                 }
             }
+            Some(Pending::Watermark(_)) => {}
+            None => std::future::pending().await,
         }
+    }
+
+    /// Emits the completed batch, then forwards the watermarks queued behind it.
+    async fn emit_completed(&mut self) {
+        if let Some(done) = self.completed.take() {
+            self.emit(done).await;
+        }
+        while let Some(Pending::Watermark(_)) = self.pending.front() {
+            if let Some(Pending::Watermark(wm)) = self.pending.pop_front() {
+                self.forward_watermark(wm);
+            }
+        }
+    }
+
+    async fn complete_front(&mut self) {
+        self.wait_front().await;
+        self.emit_completed().await;
     }
 
     fn forward_watermark(&self, wm: Watermark) {
@@ -511,18 +553,30 @@ impl<F: BatchFn> Operator for ElementwiseOp<F> {
             }
             return;
         }
-        while self.in_flight >= self.parallelism {
+        while self.in_flight >= self.parallelism || self.completed.is_some() {
             self.complete_front().await;
         }
         if let Some(f) = self.pool.pop() {
             self.in_flight += 1;
-            let handle = tokio::spawn(async move { run_batch(f, batch) });
+            let handle = tokio::spawn(Guarded::new(async move { run_batch(f, batch) }));
             self.pending.push_back(Pending::Batch(handle));
         }
     }
 
+    fn has_ready_work(&self) -> bool {
+        !self.pending.is_empty() || self.completed.is_some()
+    }
+
+    async fn wait_ready(&mut self) {
+        self.wait_front().await;
+    }
+
+    async fn on_ready(&mut self) {
+        self.emit_completed().await;
+    }
+
     async fn on_watermark(&mut self, wm: Watermark) {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.completed.is_none() {
             self.forward_watermark(wm);
         } else {
             self.pending.push_back(Pending::Watermark(wm));
@@ -530,8 +584,20 @@ impl<F: BatchFn> Operator for ElementwiseOp<F> {
     }
 
     async fn on_close(&mut self) {
-        while !self.pending.is_empty() {
+        while self.has_ready_work() {
             self.complete_front().await;
+        }
+    }
+}
+
+impl<F: BatchFn> Drop for ElementwiseOp<F> {
+    fn drop(&mut self) {
+        // Batches still running belong to a step that failed or was aborted: stop them; their elements
+        // resolve as errored (see `Guarded` and `Done`).
+        for p in &self.pending {
+            if let Pending::Batch(h) = p {
+                h.abort();
+            }
         }
     }
 }

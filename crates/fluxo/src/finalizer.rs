@@ -9,10 +9,59 @@
 //! The design keeps the per-element cost to a few atomic operations and no allocation: all elements of one
 //! source batch share a single allocation holding one slot (reference count + status) per element.
 
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use tokio::sync::oneshot;
+
+thread_local! {
+    /// Set while a future that did not finish is being dropped (an aborted step): the finalizers it held
+    /// were not delivered.
+    static CANCELLING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Wraps a step's future so that dropping it before it finished (an abort at the drain deadline, or a
+/// detached parallel batch) resolves the finalizers it held as [`Status::Errored`] instead of delivered.
+pub(crate) struct Guarded<F> {
+    inner: Option<Pin<Box<F>>>,
+}
+
+impl<F> Guarded<F> {
+    pub(crate) fn new(f: F) -> Self {
+        Guarded {
+            inner: Some(Box::pin(f)),
+        }
+    }
+}
+
+impl<F: Future> Future for Guarded<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Pending;
+        };
+        let out = inner.as_mut().poll(cx);
+        if out.is_ready() {
+            self.inner = None;
+        }
+        out
+    }
+}
+
+impl<F> Drop for Guarded<F> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            let before = CANCELLING.with(|c| c.replace(true));
+            drop(inner);
+            CANCELLING.with(|c| c.set(before));
+        }
+    }
+}
 
 /// The outcome of one element, merged over every copy of it. Higher values win when copies disagree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -167,8 +216,9 @@ impl Clone for Finalizer {
 
 impl Drop for Finalizer {
     fn drop(&mut self) {
-        // A copy dropped while a step panics was not delivered: never let a crash acknowledge data.
-        if std::thread::panicking() {
+        // A copy dropped while a step panics or is aborted was not delivered: never let a crash or an
+        // abort acknowledge data.
+        if std::thread::panicking() || CANCELLING.with(Cell::get) {
             self.update(Status::Errored);
         }
         if self.slot().refs.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -280,6 +330,22 @@ mod tests {
         assert!(futures::poll!(&mut rx).is_pending());
         drop(copy);
         assert_eq!(rx.await, vec![Status::Delivered]);
+    }
+
+    #[tokio::test]
+    async fn dropping_an_unfinished_guarded_future_errors_its_elements() {
+        let (mut fins, rx) = ack_batch(2);
+        let held = fins.pop().unwrap();
+        let done = fins.pop().unwrap();
+        let fut = Guarded::new(async move {
+            std::future::pending::<()>().await;
+            drop(held);
+        });
+        let mut fut = Box::pin(fut);
+        assert!(futures::poll!(&mut fut).is_pending());
+        drop(fut);
+        drop(done);
+        assert_eq!(rx.wait().await, vec![Status::Delivered, Status::Errored]);
     }
 
     #[tokio::test]

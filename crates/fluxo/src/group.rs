@@ -71,6 +71,20 @@ where
         }
     }
 
+    /// Removes the timers of a window that was merged away.
+    fn unschedule(&mut self, key: &K, window: &Window) {
+        for t in [window.end, self.windowing.expiry(window)] {
+            if let Some(keys) = self.timers.get_mut(&t) {
+                if let Some(pos) = keys.iter().position(|k| k == key) {
+                    keys.swap_remove(pos);
+                }
+                if keys.is_empty() {
+                    self.timers.remove(&t);
+                }
+            }
+        }
+    }
+
     fn schedule(&mut self, key: &K, window: &Window) {
         self.timers.entry(window.end).or_default().push(key.clone());
         let expiry = self.windowing.expiry(window);
@@ -88,7 +102,11 @@ where
         finalizers: Finalizers,
     ) -> Option<Element<(K, C::Out)>> {
         let merging = self.windowing.window_fn.is_merging();
-        let panes = self.state.entry(key.clone()).or_default();
+        if !self.state.contains_key(&key) {
+            self.state.insert(key.clone(), Vec::new());
+        }
+        let mut merged_away = Vec::new();
+        let panes = self.state.get_mut(&key)?;
         let (idx, scheduled) = if merging {
             // Merge every session of this key that overlaps the new one into a single pane.
             let mut merged = Pane {
@@ -104,6 +122,7 @@ where
             while i < panes.len() {
                 if panes[i].window.intersects(&merged.window) {
                     let p = panes.swap_remove(i);
+                    merged_away.push(p.window);
                     merged.window = merged.window.span(&p.window);
                     self.combine.merge(&mut merged.acc, p.acc);
                     merged.finalizers.merge(p.finalizers);
@@ -134,6 +153,9 @@ where
                 }
             }
         };
+        for w in &merged_away {
+            self.unschedule(&key, w);
+        }
         if let Some(w) = scheduled {
             self.schedule(&key, &w);
         }

@@ -74,6 +74,22 @@ pub(crate) trait Operator: Send + 'static {
         async {}
     }
 
+    /// True when work finished in the background is waiting to be emitted (see [`Operator::wait_ready`]).
+    fn has_ready_work(&self) -> bool {
+        false
+    }
+
+    /// Waits until background work finished. Must be cancel-safe: the driver drops it when input arrives
+    /// first.
+    fn wait_ready(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
+
+    /// Emits background work that [`Operator::wait_ready`] saw finish.
+    fn on_ready(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// Every input ended: flush state. The watermark has already been advanced to the end of time.
     fn on_close(&mut self) -> impl Future<Output = ()> + Send {
         async {}
@@ -248,8 +264,13 @@ pub(crate) async fn drive<O: Operator>(
     }
     loop {
         let timer = op.next_timer();
+        let ready_work = op.has_ready_work();
         let next = tokio::select! {
             biased;
+            _ = op.wait_ready(), if ready_work => {
+                op.on_ready().await;
+                continue;
+            }
             _ = sleep_until(timer), if timer.is_some() => {
                 op.on_timer().await;
                 continue;

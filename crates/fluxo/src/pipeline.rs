@@ -27,7 +27,7 @@ use crate::metrics::{BufferMetrics, Metrics, SinkMetrics, SourceMetrics, StepMet
 use crate::operator::{drive, Output};
 use crate::report::RunReport;
 use crate::runner;
-use crate::shutdown::ShutdownSignal;
+use crate::shutdown::{Shutdown, ShutdownSignal};
 use crate::sink::{run_sink, Sink, SinkConfig};
 use crate::source::{run_source, Source};
 use crate::window::Windowing;
@@ -411,9 +411,10 @@ impl Runnable {
 
     /// Runs until every source is exhausted or shutdown was requested and the drain finished.
     pub async fn run(mut self, options: RunOptions) -> Result<RunReport, PipelineError> {
+        let stop = Shutdown::new();
         let mut wiring = Wiring {
             slots: std::mem::take(&mut self.slots),
-            shutdown: options.shutdown.clone(),
+            shutdown: stop.signal(),
         };
         let mut tasks = Vec::with_capacity(self.steps.len());
         let mut entries = Vec::with_capacity(self.steps.len());
@@ -423,7 +424,7 @@ impl Runnable {
             entries.push((step.label, step.kind, step.metrics));
         }
         drop(wiring);
-        runner::run(self, tasks, entries, options).await
+        runner::run(self, tasks, entries, options, stop).await
     }
 }
 

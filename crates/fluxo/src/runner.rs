@@ -2,19 +2,37 @@
 
 use std::time::Instant;
 
-use futures::future::join_all;
+use futures::stream::{FuturesUnordered, StreamExt};
 
+use crate::finalizer::Guarded;
 use crate::http::{serve, Health};
 use crate::metrics::StepMetrics;
 use crate::pipeline::{PipelineError, RunOptions, Runnable, StepFuture, StepKind};
 use crate::report::{BufferReport, RunReport, SinkReport, SourceReport, StepReport};
 use crate::shutdown::Shutdown;
 
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs every step. `stop` is the shutdown handed to the sources: it fires on the external signal or when
+/// a step fails.
 pub(crate) async fn run(
     runnable: Runnable,
     tasks: Vec<(String, StepFuture)>,
     entries: Vec<(String, StepKind, StepMetrics)>,
     options: RunOptions,
+    stop: Shutdown,
 ) -> Result<RunReport, PipelineError> {
     let started = Instant::now();
     let health = Health::default();
@@ -39,54 +57,56 @@ pub(crate) async fn run(
     let mut handles = Vec::with_capacity(tasks.len());
     for (label, fut) in tasks {
         labels.push(label);
-        handles.push(tokio::spawn(fut));
+        handles.push(tokio::spawn(Guarded::new(fut)));
     }
     health.set_ready(true);
     tracing::info!(pipeline = %runnable.name, steps = labels.len(), "pipeline running");
 
     let aborts: Vec<_> = handles.iter().map(|h| h.abort_handle()).collect();
-    let all = join_all(handles);
-    tokio::pin!(all);
+    let mut running: FuturesUnordered<_> = handles
+        .into_iter()
+        .enumerate()
+        .map(|(i, h)| async move { (i, h.await) })
+        .collect();
+    // Drain starts on the external signal or when a step fails; past the deadline, abort what is left.
+    let mut deadline: Option<Instant> = None;
     let mut drain_timed_out = false;
-    let results = tokio::select! {
-        r = &mut all => r,
-        _ = options.shutdown.wait() => {
-            health.set_ready(false);
-            tracing::info!(pipeline = %runnable.name, timeout = ?options.drain_timeout, "draining");
-            match tokio::time::timeout(options.drain_timeout, &mut all).await {
-                Ok(r) => r,
-                Err(_) => {
-                    drain_timed_out = true;
-                    aborts.iter().for_each(|a| a.abort());
-                    all.await
+    let mut first_error = None;
+    loop {
+        tokio::select! {
+            next = running.next() => {
+                let Some((i, result)) = next else { break };
+                let message = match result {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(m)) => m,
+                    Err(e) if e.is_panic() => format!("panicked: {}", panic_text(e.into_panic())),
+                    Err(_) => "aborted at the drain deadline".into(),
+                };
+                tracing::error!(step = %labels[i], error = %message, "step failed");
+                first_error.get_or_insert(PipelineError::Step {
+                    step: labels[i].clone(),
+                    message,
+                });
+                if deadline.is_none() {
+                    tracing::warn!(pipeline = %runnable.name, "a step failed: stopping sources and draining");
+                    deadline = Some(Instant::now() + options.drain_timeout);
+                    health.set_ready(false);
+                    stop.trigger();
                 }
             }
-        }
-    };
-    health.set_ready(false);
-
-    let mut first_error = None;
-    for (label, r) in labels.iter().zip(results) {
-        let message = match r {
-            Ok(Ok(())) => continue,
-            Ok(Err(m)) => m,
-            Err(e) if e.is_panic() => {
-                let p = e.into_panic();
-                let text = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".into());
-                format!("panicked: {text}")
+            _ = options.shutdown.wait(), if deadline.is_none() => {
+                tracing::info!(pipeline = %runnable.name, timeout = ?options.drain_timeout, "draining");
+                deadline = Some(Instant::now() + options.drain_timeout);
+                health.set_ready(false);
+                stop.trigger();
             }
-            Err(_) => "aborted".into(),
-        };
-        tracing::error!(step = %label, error = %message, "step failed");
-        first_error.get_or_insert(PipelineError::Step {
-            step: label.clone(),
-            message,
-        });
+            _ = sleep_until(deadline), if deadline.is_some() && !drain_timed_out => {
+                drain_timed_out = true;
+                aborts.iter().for_each(|a| a.abort());
+            }
+        }
     }
+    health.set_ready(false);
 
     server_stop.trigger();
     if let Some(s) = server {

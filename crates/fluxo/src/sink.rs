@@ -111,7 +111,8 @@ impl<T: Data> SinkBatch<T> {
 }
 
 /// Writes batches somewhere durable. `write` may be called concurrently (up to the in-flight limit) and
-/// again with the failed part of a batch; it must report success only once the data is durable.
+/// again with the failed part of a batch. It must report success only once the data is durable: the
+/// elements are acknowledged right after it returns `Ok`, so a sink must not buffer across calls.
 pub trait Sink<T: Data>: Send + Sync + 'static {
     /// Transport error, classified by [`ErrorClass`].
     type Error: std::error::Error + ErrorClass + Send + Sync + 'static;
@@ -122,7 +123,8 @@ pub trait Sink<T: Data>: Send + Sync + 'static {
         batch: &SinkBatch<T>,
     ) -> impl Future<Output = Result<(), WriteError<Self::Error>>> + Send;
 
-    /// Called once after the last write completed (flush buffers, close files).
+    /// Called once after the last write completed, to release resources (connections, clients). Every
+    /// element is already acknowledged by then, so nothing written may depend on `close`.
     fn close(&self) -> impl Future<Output = Result<(), Self::Error>> + Send {
         async { Ok(()) }
     }
@@ -217,6 +219,19 @@ impl<T> Default for Pending<T> {
         Pending {
             batch: SinkBatch::default(),
             finalizers: Vec::new(),
+        }
+    }
+}
+
+impl<T> Pending<T> {
+    fn with_capacity(n: usize) -> Self {
+        Pending {
+            batch: SinkBatch {
+                values: Vec::with_capacity(n),
+                meta: Vec::with_capacity(n),
+                bytes: 0,
+            },
+            finalizers: Vec::with_capacity(n),
         }
     }
 }
@@ -326,7 +341,8 @@ pub(crate) async fn run_sink<T: Data, S: Sink<T>>(
     let sink = Arc::new(sink);
     let max_events = config.max_events.max(1);
     let max_in_flight = config.max_in_flight.max(1);
-    let mut pending: Pending<T> = Pending::default();
+    let capacity = max_events.min(4096);
+    let mut pending: Pending<T> = Pending::with_capacity(capacity);
     let mut deadline: Option<Instant> = None;
     let mut in_flight = FuturesUnordered::new();
     let mut input_open = true;
@@ -349,7 +365,10 @@ pub(crate) async fn run_sink<T: Data, S: Sink<T>>(
                 || !input_open
                 || deadline.is_some_and(|d| d <= Instant::now()));
         if full && in_flight.len() < max_in_flight {
-            in_flight.push(spawn_write(std::mem::take(&mut pending)));
+            in_flight.push(spawn_write(std::mem::replace(
+                &mut pending,
+                Pending::with_capacity(capacity),
+            )));
             deadline = None;
             continue;
         }
@@ -371,7 +390,10 @@ pub(crate) async fn run_sink<T: Data, S: Sink<T>>(
                             while in_flight.len() >= max_in_flight {
                                 in_flight.next().await;
                             }
-                            in_flight.push(spawn_write(std::mem::take(&mut pending)));
+                            in_flight.push(spawn_write(std::mem::replace(
+                &mut pending,
+                Pending::with_capacity(capacity),
+            )));
                             deadline = None;
                         }
                     }

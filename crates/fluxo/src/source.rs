@@ -51,6 +51,8 @@ struct Activity {
     start: Instant,
     last_micros: AtomicU64,
     idle: AtomicBool,
+    /// An emit is waiting for room downstream: the source is busy, not idle.
+    emitting: AtomicBool,
 }
 
 impl Activity {
@@ -78,12 +80,15 @@ impl<T: Data> SourceContext<T> {
         if !output.has_consumers() {
             return Ok(());
         }
+        self.activity.emitting.store(true, Ordering::Relaxed);
         while elements.len() > self.batch_size {
             let rest = elements.split_off(self.batch_size);
             output.send(elements).await;
             elements = rest;
         }
         output.send(elements).await;
+        self.activity.emitting.store(false, Ordering::Relaxed);
+        self.activity.touch();
         if output.all_closed() {
             return Err(Stopped);
         }
@@ -112,6 +117,8 @@ impl<T: Data> SourceContext<T> {
     /// Declares that no element with an event time before `ts` will follow. Ignored if not an advance.
     pub fn advance_watermark(&mut self, ts: Timestamp) {
         if ts > self.watermark {
+            // Progress is activity: a source that only advances its watermark is not idle.
+            self.mark_active();
             self.watermark = ts;
             self.metrics.set_watermark(ts.0);
             if let Some(o) = &self.output {
@@ -242,6 +249,7 @@ pub(crate) async fn run_source<S: Source>(
         start: Instant::now(),
         last_micros: AtomicU64::new(0),
         idle: AtomicBool::new(false),
+        emitting: AtomicBool::new(false),
     });
     let ticker = idle_timeout.map(|timeout| {
         let output = Arc::clone(&output);
@@ -254,6 +262,7 @@ pub(crate) async fn run_source<S: Source>(
                 let now = activity.start.elapsed().as_micros() as u64;
                 let last = activity.last_micros.load(Ordering::Relaxed);
                 if now.saturating_sub(last) >= timeout.as_micros() as u64
+                    && !activity.emitting.load(Ordering::Relaxed)
                     && !activity.idle.swap(true, Ordering::Relaxed)
                 {
                     metrics.set_idle(true);

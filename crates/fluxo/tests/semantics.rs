@@ -640,3 +640,145 @@ async fn a_source_can_close_its_output_and_still_collect_outcomes() {
     let src = report.source("Read").unwrap();
     assert_eq!((src.emitted, src.acked, src.nacked), (10_000, 10_000, 0));
 }
+
+#[tokio::test]
+async fn elements_held_by_a_drain_that_times_out_are_errored_not_acked() {
+    let p = Pipeline::new("drain-timeout");
+    let (source, acks) = TestStream::new()
+        .add_values((0..10u64).map(|i| (i, secs(0))))
+        .until_shutdown()
+        .with_acks();
+    let (stuck, out) = CollectingSink::new();
+    p.read("Read", source).write(
+        "Stuck",
+        stuck.with_delay(Duration::from_secs(30)),
+        fast_sink(),
+    );
+    let shutdown = Shutdown::new();
+    let run = tokio::spawn(p.run(RunOptions {
+        shutdown: shutdown.signal(),
+        drain_timeout: Duration::from_millis(200),
+        ..RunOptions::default()
+    }));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    shutdown.trigger();
+    let err = run.await.unwrap().unwrap_err();
+    assert!(matches!(err, PipelineError::DrainTimeout(_)), "{err}");
+    assert!(out.is_empty());
+    assert_eq!(acks.statuses().await, vec![Status::Errored; 10]);
+}
+
+#[tokio::test]
+async fn parallel_steps_emit_finished_work_without_waiting_for_more_input() {
+    let p = Pipeline::new("trickle");
+    let (sink, out) = CollectingSink::new();
+    p.read(
+        "Read",
+        TestStream::new()
+            .add_values([(1u64, secs(1))])
+            .advance_watermark(secs(100))
+            .until_shutdown(),
+    )
+    .parallel(2)
+    .map("Work", |x| x + 1)
+    .window_into("Window", Windowing::fixed(Duration::from_secs(10)))
+    .key_by("Key", |_| "k")
+    .count_per_key("Count")
+    .write("Collect", sink, fast_sink());
+    let shutdown = Shutdown::new();
+    let run = tokio::spawn(p.run(RunOptions {
+        shutdown: shutdown.signal(),
+        ..RunOptions::default()
+    }));
+    let mut waited = 0;
+    while out.is_empty() && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    assert_eq!(
+        out.values(),
+        vec![("k", 1)],
+        "the pane fired before shutdown"
+    );
+    shutdown.trigger();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_source_blocked_by_backpressure_is_not_declared_idle() {
+    // A is slowed by a slow sink on a fan-out for longer than the idle timeout; B is far ahead. If A were
+    // declared idle while blocked, the watermark would jump to B's and A's elements would be late.
+    let p = Pipeline::with_config(PipelineConfig {
+        idle_timeout: Some(Duration::from_millis(50)),
+        batch_size: 2,
+        buffer: BufferConfig {
+            max_elements: 2,
+            max_bytes: 1 << 20,
+        },
+        ..PipelineConfig::default()
+    });
+    let a = p.read(
+        "A",
+        TestStream::new().add_values((0..6u64).map(|i| (("k", 1u64), secs(i as i64)))),
+    );
+    let (slow, _) = CollectingSink::new();
+    a.write(
+        "Slow",
+        slow.with_delay(Duration::from_millis(150)),
+        SinkConfig {
+            max_events: 1,
+            max_in_flight: 1,
+            ..fast_sink()
+        },
+    );
+    let b = p.read(
+        "B",
+        TestStream::new()
+            .advance_watermark(secs(100))
+            .sleep(Duration::from_millis(1500)),
+    );
+    let (sink, out) = CollectingSink::new();
+    let report = p.run_flatten_count(&a, &b, sink).await;
+    assert_eq!(out.in_window(win(0, 10)), vec![("k", 6)]);
+    assert_eq!(report.step("Count").unwrap().late, 0);
+}
+
+trait FlattenCount {
+    async fn run_flatten_count(
+        self,
+        a: &PCollection<(&'static str, u64)>,
+        b: &PCollection<(&'static str, u64)>,
+        sink: CollectingSink<(&'static str, u64)>,
+    ) -> fluxo::RunReport;
+}
+
+impl FlattenCount for Pipeline {
+    async fn run_flatten_count(
+        self,
+        a: &PCollection<(&'static str, u64)>,
+        b: &PCollection<(&'static str, u64)>,
+        sink: CollectingSink<(&'static str, u64)>,
+    ) -> fluxo::RunReport {
+        self.flatten("Both", &[a, b])
+            .window_into("Window", Windowing::fixed(Duration::from_secs(10)))
+            .combine_per_key("Count", Sum::<u64>::default())
+            .write("Collect", sink, fast_sink());
+        self.run(RunOptions::default()).await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_failing_step_stops_an_unbounded_run() {
+    let p = Pipeline::new("fail-fast");
+    p.read(
+        "Read",
+        TestStream::new()
+            .add_values([(1u64, secs(0))])
+            .until_shutdown(),
+    )
+    .map("Boom", |x: u64| -> u64 { panic!("cannot handle {x}") })
+    .write("Out", DiscardSink, fast_sink());
+    let result = tokio::time::timeout(Duration::from_secs(10), p.run(RunOptions::default())).await;
+    let err = result.expect("the run stopped by itself").unwrap_err();
+    assert!(err.to_string().contains("Boom"), "{err}");
+}
