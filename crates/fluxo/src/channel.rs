@@ -185,13 +185,14 @@ impl<T: Data> Receiver<T> {
     pub(crate) async fn recv(&mut self) -> Option<Message<T>> {
         let env = self.rx.recv().await?;
         if let Message::Batch(batch) = &env.msg {
+            // Record the departure before freeing room, so the depth gauge never overstates the buffer.
+            self.bounds
+                .metrics
+                .add(-(batch.len() as i64), -i64::from(env.bytes));
             self.bounds
                 .elements
                 .add_permits(env.permits_elements as usize);
             self.bounds.bytes.add_permits(env.permits_bytes as usize);
-            self.bounds
-                .metrics
-                .add(-(batch.len() as i64), -i64::from(env.bytes));
         }
         Some(env.msg)
     }
