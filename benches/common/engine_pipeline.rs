@@ -28,8 +28,14 @@ pub async fn run(n: u64) -> RunReport {
     for i in 0..3 {
         mapped.write(&format!("Discard{i}"), DiscardSink, sink);
     }
-    let report = p.run(RunOptions::default()).await.expect("benchmark pipeline failed");
+    let report = p
+        .run(RunOptions::default())
+        .await
+        .expect("benchmark pipeline failed");
     let source = report.source("Read").expect("source report");
-    assert_eq!(source.acked, n, "every element must be acknowledged as delivered");
+    assert_eq!(
+        source.acked, n,
+        "every element must be acknowledged as delivered"
+    );
     report
 }
