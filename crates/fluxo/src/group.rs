@@ -18,6 +18,19 @@ use crate::metrics::StepMetrics;
 use crate::operator::{Operator, Output};
 use crate::window::{Accumulation, EarlyFiring, LatePolicy, Windowing};
 
+impl<A> Pane<A> {
+    fn new(window: Window, acc: A) -> Self {
+        Pane {
+            window,
+            acc,
+            finalizers: Finalizers::None,
+            count: 0,
+            fired: 0,
+            on_time_fired: false,
+        }
+    }
+}
+
 struct Pane<A> {
     window: Window,
     acc: A,
@@ -109,14 +122,7 @@ where
         let panes = self.state.get_mut(&key)?;
         let (idx, scheduled) = if merging {
             // Merge every session of this key that overlaps the new one into a single pane.
-            let mut merged = Pane {
-                window,
-                acc: self.combine.create(),
-                finalizers: Finalizers::None,
-                count: 0,
-                fired: 0,
-                on_time_fired: false,
-            };
+            let mut merged = Pane::new(window, self.combine.create());
             let mut i = 0;
             let mut absorbed_fired = false;
             while i < panes.len() {
@@ -141,14 +147,7 @@ where
             match panes.iter().position(|p| p.window == window) {
                 Some(i) => (i, None),
                 None => {
-                    panes.push(Pane {
-                        window,
-                        acc: self.combine.create(),
-                        finalizers: Finalizers::None,
-                        count: 0,
-                        fired: 0,
-                        on_time_fired: false,
-                    });
+                    panes.push(Pane::new(window, self.combine.create()));
                     (panes.len() - 1, Some(window))
                 }
             }

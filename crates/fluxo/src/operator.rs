@@ -303,7 +303,8 @@ async fn apply<O: Operator>(op: &mut O, metrics: &StepMetrics, wm: Watermark) {
     op.on_watermark(wm).await;
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+/// Sleeps until the deadline, or forever without one (for optional `select!` branches).
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,

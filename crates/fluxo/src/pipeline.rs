@@ -24,7 +24,7 @@ use crate::elementwise::{
 };
 use crate::group::GroupOp;
 use crate::metrics::{BufferMetrics, Metrics, SinkMetrics, SourceMetrics, StepMetrics};
-use crate::operator::{drive, Output};
+use crate::operator::{drive, Operator, Output};
 use crate::report::RunReport;
 use crate::runner;
 use crate::shutdown::{Shutdown, ShutdownSignal};
@@ -217,6 +217,29 @@ impl Graph {
         self.slots.len() - 1
     }
 
+    /// Adds a transform step run by `drive`; `make` builds its operator at launch from the wiring.
+    fn push_operator<O: Operator>(
+        &mut self,
+        label: String,
+        inputs: Vec<Receiver<O::In>>,
+        make: impl FnOnce(&mut Wiring, StepMetrics) -> O + Send + 'static,
+    ) {
+        let metrics = self.metrics.step(&label);
+        let m = metrics.clone();
+        self.steps.push(StepEntry {
+            label,
+            kind: StepKind::Transform,
+            metrics,
+            launcher: Box::new(move |w: &mut Wiring| {
+                let op = make(w, m.clone());
+                Box::pin(async move {
+                    drive(op, inputs, m).await;
+                    Ok(())
+                })
+            }),
+        });
+    }
+
     fn connect<T: Data>(&mut self, slot: usize, consumer: &str) -> Receiver<T> {
         let producer = self.slots[slot].producer.clone();
         let bm = self.metrics.buffer(&producer, consumer);
@@ -326,19 +349,8 @@ impl Pipeline {
             .map(|c| g.connect::<T>(c.slot, &full))
             .collect();
         let slot = g.new_slot::<T>(&full, "main", true);
-        let metrics = g.metrics.step(&full);
-        let m = metrics.clone();
-        g.steps.push(StepEntry {
-            label: full,
-            kind: StepKind::Transform,
-            metrics,
-            launcher: Box::new(move |w: &mut Wiring| {
-                let op = crate::operator::FlattenOp::new(w.take::<T>(slot), m.clone());
-                Box::pin(async move {
-                    drive(op, receivers, m).await;
-                    Ok(())
-                })
-            }),
+        g.push_operator(full, receivers, move |w, m| {
+            crate::operator::FlattenOp::new(w.take::<T>(slot), m)
         });
         drop(g);
         PCollection::new(Rc::clone(&self.graph), slot, windowing)
@@ -502,24 +514,13 @@ impl<T: Data> PCollection<T> {
         let rx = g.connect::<T>(self.slot, &full);
         let main = g.new_slot::<F::Out>(&full, "main", true);
         let dead = g.new_slot::<F::Dead>(&full, "dead_letters", warn_dead);
-        let metrics = g.metrics.step(&full);
-        let m = metrics.clone();
-        g.steps.push(StepEntry {
-            label: full,
-            kind: StepKind::Transform,
-            metrics,
-            launcher: Box::new(move |w: &mut Wiring| {
-                let op = ElementwiseOp::new(
-                    instances,
-                    w.take::<F::Out>(main),
-                    w.take::<F::Dead>(dead),
-                    m.clone(),
-                );
-                Box::pin(async move {
-                    drive(op, vec![rx], m).await;
-                    Ok(())
-                })
-            }),
+        g.push_operator(full, vec![rx], move |w, m| {
+            ElementwiseOp::new(
+                instances,
+                w.take::<F::Out>(main),
+                w.take::<F::Dead>(dead),
+                m,
+            )
         });
         drop(g);
         (
@@ -715,25 +716,14 @@ where
         let main = g.new_slot::<(K, C::Out)>(&full, "main", true);
         let late_warn = windowing.late == crate::window::LatePolicy::Route;
         let late = g.new_slot::<(K, V)>(&full, "late", late_warn);
-        let metrics = g.metrics.step(&full);
-        let m = metrics.clone();
-        g.steps.push(StepEntry {
-            label: full,
-            kind: StepKind::Transform,
-            metrics,
-            launcher: Box::new(move |w: &mut Wiring| {
-                let op = GroupOp::new(
-                    combine,
-                    windowing,
-                    w.take::<(K, C::Out)>(main),
-                    w.take::<(K, V)>(late),
-                    m.clone(),
-                );
-                Box::pin(async move {
-                    drive(op, vec![rx], m).await;
-                    Ok(())
-                })
-            }),
+        g.push_operator(full, vec![rx], move |w, m| {
+            GroupOp::new(
+                combine,
+                windowing,
+                w.take::<(K, C::Out)>(main),
+                w.take::<(K, V)>(late),
+                m,
+            )
         });
         drop(g);
         (

@@ -1,12 +1,15 @@
 //! Running a built pipeline: one task per step, the metrics endpoint, shutdown and drain.
 
-use std::time::Instant;
+use std::time::Instant as StdInstant;
+
+use tokio::time::Instant;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::finalizer::Guarded;
 use crate::http::{serve, Health};
 use crate::metrics::StepMetrics;
+use crate::operator::sleep_until;
 use crate::pipeline::{PipelineError, RunOptions, Runnable, StepFuture, StepKind};
 use crate::report::{BufferReport, RunReport, SinkReport, SourceReport, StepReport};
 use crate::shutdown::Shutdown;
@@ -18,13 +21,6 @@ fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "panic".into())
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Runs every step. `stop` is the shutdown handed to the sources: it fires on the external signal or when
 /// a step fails.
 pub(crate) async fn run(
@@ -34,7 +30,7 @@ pub(crate) async fn run(
     options: RunOptions,
     stop: Shutdown,
 ) -> Result<RunReport, PipelineError> {
-    let started = Instant::now();
+    let started = StdInstant::now();
     let health = Health::default();
     let server_stop = Shutdown::new();
     let server = match options.metrics_addr {

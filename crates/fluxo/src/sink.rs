@@ -14,6 +14,7 @@ use crate::channel::{Message, Receiver};
 use crate::element::{Data, Element, PaneInfo, Timestamp, Window};
 use crate::finalizer::{Finalizers, Status};
 use crate::metrics::{SinkMetrics, StepMetrics};
+use crate::operator::sleep_until;
 
 /// Classifies errors as worth retrying or not, apart from the transport that produced them.
 pub trait ErrorClass {
@@ -417,13 +418,6 @@ fn push<T: Data>(pending: &mut Pending<T>, e: Element<T>) {
         pane: e.pane,
     });
     pending.finalizers.push(e.finalizers);
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]
