@@ -1,0 +1,3 @@
+//! Connector benchmark (written next).
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! bigquery connector (in progress).

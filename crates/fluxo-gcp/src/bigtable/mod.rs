@@ -1,0 +1,1 @@
+//! bigtable connector (in progress).

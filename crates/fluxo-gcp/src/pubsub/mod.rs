@@ -1,0 +1,1 @@
+//! pubsub connector (in progress).

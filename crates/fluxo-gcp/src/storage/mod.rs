@@ -1,0 +1,1 @@
+//! storage connector (in progress).
