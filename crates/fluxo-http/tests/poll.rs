@@ -381,3 +381,70 @@ async fn a_repeated_cursor_is_a_loop_and_stops_the_run() {
     // Delivered pages are still committed.
     assert_eq!(store.load().await.unwrap().as_deref(), Some("same"));
 }
+
+#[tokio::test]
+async fn undelimitable_pages_are_emitted_whole_and_skipped_when_the_next_page_is_known() {
+    let faults = Faults {
+        rate_broken_page: 0.3,
+        ..Faults::default()
+    };
+    let api = api(2_000, faults).await;
+    let g = api.api().generator().clone();
+    let store = MemoryCheckpointStore::new();
+    let mut cfg = config(&api, page_number());
+    cfg.retry.max_attempts = 2;
+    let valid = cfg
+        .validate_with(|k| (k == TOKEN_ENV).then(|| "tok".to_string()))
+        .unwrap();
+    let source = HttpSource::new(valid, store.clone());
+    let summary = source.summary();
+    let p = Pipeline::new("broken");
+    let (sink, out) = CollectingSink::new();
+    let (broken_sink, broken_out) = CollectingSink::new();
+    let pages = p.read("Poll", source);
+    pages
+        .flat_map("Split", records)
+        .write("Collect", sink, SinkConfig::default());
+    pages
+        .flat_map("Broken", |page: HttpPage| {
+            page.broken
+                .map(|reason| (reason.to_string(), page.records.to_vec()))
+        })
+        .write("Dead", broken_sink, SinkConfig::default());
+    p.run(RunOptions::default()).await.unwrap();
+    let s = summary.lock().unwrap().clone();
+    assert_eq!(s.outcome, Outcome::CaughtUp);
+    let broken = broken_out.values();
+    assert!(!broken.is_empty(), "no page was broken");
+    assert_eq!(s.broken_pages as usize, broken.len());
+    for (reason, raw) in &broken {
+        assert!(reason.contains("not structurally valid"), "{reason}");
+        assert!(raw.starts_with(b"[["), "the raw body is kept");
+    }
+    // Every record is either in a delivered page or inside a broken page's raw bytes.
+    let got = out.values();
+    assert_eq!(got.len() + 250 * broken.len(), 2_000);
+    for id in 1..=g.count() {
+        let rec = g.record(id);
+        let in_broken = broken
+            .iter()
+            .any(|(_, raw)| raw.windows(rec.len()).any(|w| w == rec.as_slice()));
+        assert!(got.contains(&rec) || in_broken, "record {id} is lost");
+    }
+}
+
+#[tokio::test]
+async fn an_undelimitable_cursor_page_stops_the_run_at_its_checkpoint() {
+    let faults = Faults {
+        rate_broken_page: 0.3,
+        ..Faults::default()
+    };
+    let api = api(2_000, faults).await;
+    let store = MemoryCheckpointStore::new();
+    let mut cfg = config(&api, Pagination::default());
+    cfg.retry.max_attempts = 2;
+    let r = run_collecting(&cfg, store.clone()).await;
+    let err = r.error.expect("the run must fail");
+    assert!(err.contains("next position is in its body"), "{err}");
+    assert_monotonic(&store.commits());
+}

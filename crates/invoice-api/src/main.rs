@@ -59,6 +59,9 @@ struct Args {
     /// Share of pages that repeat the previous page's last record.
     #[arg(long, default_value_t = 0.0)]
     rate_duplicate: f64,
+    /// Share of pages that cannot be delimited (always the same pages).
+    #[arg(long, default_value_t = 0.0)]
+    rate_broken_page: f64,
 }
 
 #[tokio::main]
@@ -87,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
         hang_secs: a.hang_secs,
         rate_truncate: a.rate_truncate,
         rate_duplicate: a.rate_duplicate,
+        rate_broken_page: a.rate_broken_page,
     };
     let api = RunningApi::start(&a.listen, generator, a.token, faults)
         .await

@@ -48,6 +48,10 @@ pub struct Faults {
     /// Share of pages that repeat the previous page's last record first (duplicates across pages).
     /// Default: 0.
     pub rate_duplicate: f64,
+    /// Share of pages whose body cannot be delimited (an unmatched `[` before the records). Decided by
+    /// the page's first record, so the same page is broken on every request, like a bad record at the
+    /// source. Default: 0.
+    pub rate_broken_page: f64,
 }
 
 impl Faults {
@@ -58,6 +62,7 @@ impl Faults {
             ("rate_timeout", self.rate_timeout),
             ("rate_truncate", self.rate_truncate),
             ("rate_duplicate", self.rate_duplicate),
+            ("rate_broken_page", self.rate_broken_page),
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("{name} = {v} is not between 0 and 1"));
@@ -287,7 +292,7 @@ fn draw(state: &AppState, n: u64, faults: &Faults) -> (Fault, bool) {
 /// Common path of both page styles: auth, faults, body. `render` builds the body from the id range.
 async fn serve<F>(state: &AppState, headers: &HeaderMap, render: F) -> Response
 where
-    F: FnOnce(bool) -> Result<(Vec<u8>, u64, Vec<(header::HeaderName, String)>), BadRequest>,
+    F: FnOnce(bool, f64) -> Result<(Vec<u8>, u64, Vec<(header::HeaderName, String)>), BadRequest>,
 {
     let c = &state.counters;
     let n = c.requests.fetch_add(1, Ordering::Relaxed);
@@ -333,7 +338,7 @@ where
         }
         Fault::Truncate | Fault::None => {}
     }
-    let (body, records, extra) = match render(duplicate) {
+    let (body, records, extra) = match render(duplicate, faults.rate_broken_page) {
         Ok(x) => x,
         Err(r) => return r.into_response(),
     };
@@ -369,10 +374,32 @@ where
         .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
-/// Writes records `ids` as a JSON array (pretty like the sample when the generator is).
-fn write_array(g: &Generator, ids: impl Iterator<Item = u64>, out: &mut Vec<u8>) -> u64 {
+/// Whether the page starting at `first` is broken (see [`Faults::rate_broken_page`]).
+fn broken_page(g: &Generator, first: u64, rate: f64) -> bool {
+    if rate <= 0.0 {
+        return false;
+    }
+    let mut z = (g.config().seed ^ 0x5EED_B40C_E000_0000)
+        .wrapping_add(first.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    let unit = ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64;
+    unit < rate
+}
+
+/// Writes records `ids` as a JSON array (pretty like the sample when the generator is); a broken page
+/// gets an unmatched `[` first.
+fn write_array(
+    g: &Generator,
+    ids: impl Iterator<Item = u64>,
+    broken: bool,
+    out: &mut Vec<u8>,
+) -> u64 {
     let pretty = g.config().pretty;
     out.push(b'[');
+    if broken {
+        out.push(b'[');
+    }
     let mut n = 0;
     for id in ids {
         if n > 0 {
@@ -404,7 +431,7 @@ async fn pages(
     Query(q): Query<PageQuery>,
 ) -> Response {
     let st = state.clone();
-    serve(&state, &headers, move |duplicate| {
+    serve(&state, &headers, move |duplicate, broken_rate| {
         let size = page_size(q.page_size)?;
         let page = q.page.unwrap_or(1);
         if page == 0 {
@@ -414,7 +441,8 @@ async fn pages(
         let first = start.saturating_add((page - 1).saturating_mul(size));
         let g = &st.generator;
         let mut body = Vec::with_capacity(size as usize * 600);
-        let records = write_array(g, page_ids(g, first, size, duplicate), &mut body);
+        let broken = broken_page(g, first, broken_rate);
+        let records = write_array(g, page_ids(g, first, size, duplicate), broken, &mut body);
         let mut extra = Vec::new();
         if first.saturating_add(size) <= g.count() {
             let mut next = format!("/invoices?page={}&page_size={size}", page + 1);
@@ -439,7 +467,7 @@ async fn feed(
     Query(q): Query<FeedQuery>,
 ) -> Response {
     let st = state.clone();
-    serve(&state, &headers, move |duplicate| {
+    serve(&state, &headers, move |duplicate, broken_rate| {
         let size = page_size(q.limit)?;
         let first = match &q.cursor {
             Some(c) => parse_cursor(c)
@@ -451,7 +479,8 @@ async fn feed(
         let end = first.saturating_add(size).min(g.count() + 1).max(first);
         let mut body = Vec::with_capacity(size as usize * 600 + 64);
         body.extend_from_slice(b"{\"items\":");
-        let records = write_array(g, page_ids(g, first, size, duplicate), &mut body);
+        let broken = broken_page(g, first, broken_rate);
+        let records = write_array(g, page_ids(g, first, size, duplicate), broken, &mut body);
         let next = end - 1;
         let has_more = end <= g.count();
         body.extend_from_slice(
