@@ -1,0 +1,169 @@
+//! The element types: a received message, and what the sink publishes.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use fluxo::{Data, Timestamp};
+
+/// Per-entry overhead counted for a map entry or a string in the size estimate.
+const ENTRY_OVERHEAD: usize = 2 * std::mem::size_of::<String>();
+
+fn attributes_size(attributes: &HashMap<String, String>) -> usize {
+    attributes
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + ENTRY_OVERHEAD)
+        .sum()
+}
+
+/// A message received from a subscription, as the pipeline sees it. The payload is the buffer the gRPC
+/// decoder allocated, moved into [`Bytes`] without a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PubsubMessage {
+    /// The payload.
+    pub data: Bytes,
+    /// Attributes.
+    pub attributes: HashMap<String, String>,
+    /// Server-assigned message id.
+    pub message_id: String,
+    /// When the server accepted the message.
+    pub publish_time: Timestamp,
+    /// Ordering key (empty when none).
+    pub ordering_key: String,
+    /// Delivery attempt, counted by Pub/Sub only when the subscription has a dead-letter policy.
+    pub delivery_attempt: Option<u32>,
+}
+
+impl Data for PubsubMessage {
+    fn size_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.data.len()
+            + attributes_size(&self.attributes)
+            + self.message_id.len()
+            + self.ordering_key.len()
+    }
+}
+
+impl PubsubMessage {
+    pub(crate) fn from_raw(
+        m: gcloud_googleapis::pubsub::v1::PubsubMessage,
+        delivery_attempt: i32,
+    ) -> PubsubMessage {
+        let publish_time = m
+            .publish_time
+            .map(|t| {
+                Timestamp::from_micros(
+                    t.seconds
+                        .saturating_mul(1_000_000)
+                        .saturating_add(i64::from(t.nanos) / 1000),
+                )
+            })
+            .unwrap_or(Timestamp::MIN);
+        PubsubMessage {
+            // Already a `Bytes` slice of the received buffer: no copy.
+            data: m.data,
+            attributes: m.attributes,
+            message_id: m.message_id,
+            publish_time,
+            ordering_key: m.ordering_key,
+            delivery_attempt: u32::try_from(delivery_attempt).ok().filter(|a| *a > 0),
+        }
+    }
+}
+
+/// A message to publish: payload, attributes and an optional ordering key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PubsubOut {
+    /// The payload.
+    pub data: Bytes,
+    /// Attributes.
+    pub attributes: HashMap<String, String>,
+    /// Ordering key (messages with the same key are delivered in publish order to subscriptions with
+    /// ordering enabled; publish them through a sink with `max_in_flight = 1`).
+    pub ordering_key: Option<String>,
+}
+
+impl PubsubOut {
+    /// A message with this payload and nothing else.
+    pub fn new(data: impl Into<Bytes>) -> Self {
+        PubsubOut {
+            data: data.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Adds an attribute.
+    pub fn with_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.attributes.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the ordering key.
+    pub fn with_ordering_key(mut self, key: impl Into<String>) -> Self {
+        self.ordering_key = Some(key.into());
+        self
+    }
+}
+
+impl Data for PubsubOut {
+    fn size_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.data.len()
+            + attributes_size(&self.attributes)
+            + self.ordering_key.as_ref().map_or(0, String::len)
+    }
+}
+
+/// How a value becomes a Pub/Sub message in [`super::PubsubSink`]. Implemented for [`PubsubOut`],
+/// [`PubsubMessage`] (republishing), `Vec<u8>` and `String` (payload only). Implement it for
+/// your own types to publish them without an intermediate value.
+pub trait ToPubsub: Data {
+    /// The payload: a cheap reference-counted handle when the value holds [`Bytes`] (no copy), else a
+    /// copy.
+    fn pubsub_data(&self) -> Bytes;
+
+    /// The attributes. Default: none.
+    fn pubsub_attributes(&self) -> Option<&HashMap<String, String>> {
+        None
+    }
+
+    /// The ordering key. Default: none.
+    fn pubsub_ordering_key(&self) -> Option<&str> {
+        None
+    }
+}
+
+impl ToPubsub for PubsubOut {
+    fn pubsub_data(&self) -> Bytes {
+        self.data.clone()
+    }
+    fn pubsub_attributes(&self) -> Option<&HashMap<String, String>> {
+        Some(&self.attributes)
+    }
+    fn pubsub_ordering_key(&self) -> Option<&str> {
+        self.ordering_key.as_deref()
+    }
+}
+
+impl ToPubsub for PubsubMessage {
+    fn pubsub_data(&self) -> Bytes {
+        self.data.clone()
+    }
+    fn pubsub_attributes(&self) -> Option<&HashMap<String, String>> {
+        Some(&self.attributes)
+    }
+    fn pubsub_ordering_key(&self) -> Option<&str> {
+        Some(self.ordering_key.as_str()).filter(|k| !k.is_empty())
+    }
+}
+
+impl ToPubsub for Vec<u8> {
+    fn pubsub_data(&self) -> Bytes {
+        Bytes::copy_from_slice(self)
+    }
+}
+
+impl ToPubsub for String {
+    fn pubsub_data(&self) -> Bytes {
+        Bytes::copy_from_slice(self.as_bytes())
+    }
+}
