@@ -1,0 +1,339 @@
+//! `ingest`: polls the invoice API and publishes every invoice to Pub/Sub.
+//!
+//! `ingest run` polls until caught up and exits (a Kubernetes CronJob); `ingest serve` waits for
+//! `POST /run` (Cloud Scheduler calling Cloud Run). See `docs/ingest.md`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use fluxo::ShutdownSignal;
+use fluxo_gcp::bigtable::{AdminClient, BigtableSinkConfig, FamilySpec, TableSpec};
+use fluxo_gcp::pubsub::{PubsubClient, PubsubSinkConfig};
+use fluxo_http::{Auth, HttpSourceConfig, Outcome, Pagination};
+use ingest::{default_publish, IngestConfig, IngestReport};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Polls the invoice API and publishes each invoice to Pub/Sub with its exact bytes; \
+the checkpoint (in Bigtable) moves only after Pub/Sub acknowledged every record of a page."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Poll until caught up (or the deadline / page cap), then exit: 0 when every page read was
+    /// published and committed, or when another run holds the lease; 1 otherwise.
+    Run(Opts),
+    /// Serve `POST /run` (one run at a time; answers with the run's report as JSON) and `GET /healthz`.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "INGEST_LISTEN", default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        opts: Opts,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Style {
+    /// `{"items":[...],"next_cursor":..,"has_more":..}`; cursor checkpoint.
+    Cursor,
+    /// Array body, `Link: <...>; rel="next"`.
+    NextLink,
+    /// Array body, `?page=N`.
+    PageNumber,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum AuthKind {
+    /// `Authorization: Bearer $TOKEN_ENV`.
+    Bearer,
+    /// `X-API-Key: $TOKEN_ENV`.
+    ApiKey,
+    /// No credential.
+    None,
+}
+
+#[derive(Debug, Clone, Args)]
+struct Opts {
+    /// A JSON file with the whole configuration (IngestConfig); replaces the flags below.
+    #[arg(long, env = "INGEST_CONFIG")]
+    config: Option<PathBuf>,
+    /// URL of the API's first page.
+    #[arg(
+        long,
+        env = "INGEST_API_URL",
+        default_value = "http://127.0.0.1:8080/invoices/feed"
+    )]
+    api_url: String,
+    /// Pagination style of the API.
+    #[arg(long, value_enum, default_value = "cursor")]
+    pagination: Style,
+    /// Records per page.
+    #[arg(long, default_value_t = 500)]
+    page_size: u64,
+    /// Query parameter of the page size (default: `limit` for cursor pagination, else `page_size`).
+    #[arg(long)]
+    page_size_param: Option<String>,
+    /// How requests authenticate.
+    #[arg(long, value_enum, default_value = "bearer")]
+    auth: AuthKind,
+    /// Environment variable that holds the API token or key (never logged).
+    #[arg(long, default_value = "INVOICE_API_TOKEN")]
+    token_env: String,
+    /// Google Cloud project.
+    #[arg(long, env = "GOOGLE_CLOUD_PROJECT", default_value = "local-project")]
+    project: String,
+    /// Topic of the invoices.
+    #[arg(long, env = "INGEST_TOPIC", default_value = "invoices")]
+    topic: String,
+    /// Topic of the pages that cannot be split into records.
+    #[arg(
+        long,
+        env = "INGEST_DEAD_LETTER_TOPIC",
+        default_value = "invoices-dead-letter"
+    )]
+    dead_letter_topic: String,
+    /// Bigtable instance of the checkpoint table.
+    #[arg(long, env = "BIGTABLE_INSTANCE", default_value = "local-instance")]
+    bigtable_instance: String,
+    /// Bigtable table of checkpoints and leases (family `c`).
+    #[arg(long, default_value = "ingest_checkpoints")]
+    checkpoint_table: String,
+    /// Source name: the checkpoint row and the `source` attribute.
+    #[arg(long, default_value = "invoice-api")]
+    source_name: String,
+    /// Seconds after which no page is requested; the run then drains and commits. Stays under Cloud
+    /// Scheduler's 30-minute attempt limit by default.
+    #[arg(long, default_value_t = 1_500)]
+    deadline_secs: u64,
+    /// Most pages per run.
+    #[arg(long)]
+    max_pages: Option<u64>,
+    /// Lease duration in seconds (renewed every third of it).
+    #[arg(long, default_value_t = 120)]
+    lease_ttl_secs: u64,
+    /// Serve Prometheus metrics on this address while running.
+    #[arg(long, env = "INGEST_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Create the topics and the checkpoint table when missing (local stacks; on GCP, Terraform does).
+    #[arg(long)]
+    provision: bool,
+    /// Log as JSON lines (the default on Kubernetes).
+    #[arg(long, env = "LOG_JSON")]
+    log_json: bool,
+}
+
+impl Opts {
+    fn to_config(&self) -> anyhow::Result<IngestConfig> {
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            return serde_json::from_str(&text).with_context(|| {
+                format!("{} is not a valid ingest configuration", path.display())
+            });
+        }
+        let (pagination, size_param) = match self.pagination {
+            Style::Cursor => (Pagination::default(), "limit"),
+            Style::NextLink => (Pagination::NextLink, "page_size"),
+            Style::PageNumber => (
+                Pagination::PageNumber {
+                    page_param: "page".into(),
+                    first_page: 1,
+                },
+                "page_size",
+            ),
+        };
+        let auth = match self.auth {
+            AuthKind::Bearer => Auth::Bearer {
+                token_env: self.token_env.clone(),
+            },
+            AuthKind::ApiKey => Auth::ApiKey {
+                header: "X-API-Key".into(),
+                key_env: self.token_env.clone(),
+            },
+            AuthKind::None => Auth::None,
+        };
+        let topic = |t: &str| PubsubSinkConfig {
+            project: Some(self.project.clone()),
+            topic: t.to_string(),
+            ..PubsubSinkConfig::default()
+        };
+        Ok(IngestConfig {
+            source_name: self.source_name.clone(),
+            api: HttpSourceConfig {
+                url: self.api_url.clone(),
+                pagination,
+                page_size: Some(self.page_size),
+                page_size_param: self
+                    .page_size_param
+                    .clone()
+                    .unwrap_or_else(|| size_param.into()),
+                auth,
+                max_pages: self.max_pages,
+                deadline_secs: self.deadline_secs,
+                ..HttpSourceConfig::default()
+            },
+            topic: topic(&self.topic),
+            dead_letter_topic: topic(&self.dead_letter_topic),
+            checkpoint: BigtableSinkConfig {
+                project: self.project.clone(),
+                instance: self.bigtable_instance.clone(),
+                table: self.checkpoint_table.clone(),
+                families: vec![ingest::checkpoint::FAMILY.into()],
+                ..BigtableSinkConfig::default()
+            },
+            publish: default_publish(),
+            metrics_addr: self.metrics_addr,
+            lease_ttl_secs: self.lease_ttl_secs,
+        })
+    }
+}
+
+/// Creates the topics and the checkpoint table when missing.
+async fn provision(cfg: &IngestConfig) -> anyhow::Result<()> {
+    for t in [&cfg.topic, &cfg.dead_letter_topic] {
+        let s = t.validate()?;
+        let client = PubsubClient::connect(s.endpoint.clone(), &s.project).await?;
+        match client.create_topic(&s.topic).await {
+            Ok(()) => tracing::info!(topic = %s.topic, "topic created"),
+            Err(e) if e.code() == tonic::Code::AlreadyExists => {}
+            Err(e) => anyhow::bail!("cannot create topic {}: {}", s.topic, e.message()),
+        }
+    }
+    let b = cfg.checkpoint.validate()?;
+    let admin = AdminClient::connect(&b).await?;
+    admin
+        .provision_table(
+            &b.table,
+            &TableSpec {
+                families: vec![FamilySpec::max_versions(ingest::checkpoint::FAMILY, 1)],
+            },
+        )
+        .await
+        .with_context(|| format!("cannot create Bigtable table {}", b.table))?;
+    Ok(())
+}
+
+/// Logs go to stderr: stdout carries the run report (JSON).
+fn init_logs(json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let on_k8s = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    if json || on_k8s {
+        tracing_subscriber::fmt()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .init();
+    }
+}
+
+fn exit_code(report: &IngestReport) -> i32 {
+    match report.poll.outcome {
+        Outcome::Failed(_) | Outcome::Running => 1,
+        _ => 0,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let opts = match &cli.command {
+        Command::Run(o) => o,
+        Command::Serve { opts, .. } => opts,
+    };
+    init_logs(opts.log_json);
+    let code = match real_main(&cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ingest: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn real_main(cli: &Cli) -> anyhow::Result<i32> {
+    match &cli.command {
+        Command::Run(opts) => {
+            let cfg = opts.to_config()?;
+            if opts.provision {
+                provision(&cfg).await?;
+            }
+            let report = ingest::run(&cfg, ShutdownSignal::on_os_signals()).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(exit_code(&report))
+        }
+        Command::Serve { listen, opts } => {
+            let cfg = opts.to_config()?;
+            if opts.provision {
+                provision(&cfg).await?;
+            }
+            serve(*listen, cfg).await?;
+            Ok(0)
+        }
+    }
+}
+
+struct ServeState {
+    cfg: IngestConfig,
+    running: tokio::sync::Mutex<()>,
+    shutdown: ShutdownSignal,
+}
+
+async fn serve(listen: SocketAddr, cfg: IngestConfig) -> anyhow::Result<()> {
+    let shutdown = ShutdownSignal::on_os_signals();
+    let state = Arc::new(ServeState {
+        cfg,
+        running: tokio::sync::Mutex::new(()),
+        shutdown: shutdown.clone(),
+    });
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/run", post(trigger))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(%listen, "waiting for POST /run");
+    let signal = shutdown;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { signal.wait().await })
+        .await?;
+    Ok(())
+}
+
+async fn trigger(State(state): State<Arc<ServeState>>) -> axum::response::Response {
+    let Ok(_guard) = state.running.try_lock() else {
+        return (StatusCode::CONFLICT, "a run is already in progress\n").into_response();
+    };
+    match ingest::run(&state.cfg, state.shutdown.clone()).await {
+        Ok(report) => {
+            let status = if exit_code(&report) == 0 {
+                StatusCode::OK
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            (status, Json(report)).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
