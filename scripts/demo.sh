@@ -57,4 +57,4 @@ step "ingest again: resumes from the checkpoint, publishes nothing new"
 target/release/ingest run --api-url "$api_url/invoices/feed" 2>>"$work/ingest.log" | tee "$work/second.json"
 
 step "done"
-echo "The invoices pipeline (Pub/Sub -> Bigtable, BigQuery, Cloud Storage) is documented in pipelines/README.md."
+echo "Next stage (see pipelines/README.md): the invoices pipeline, Pub/Sub -> Bigtable, BigQuery, Cloud Storage."
