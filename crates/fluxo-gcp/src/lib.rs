@@ -14,5 +14,6 @@ pub mod bigtable;
 mod error;
 pub mod pubsub;
 pub mod storage;
+mod text;
 
 pub use error::{grpc_code_is_retriable, ConfigError};

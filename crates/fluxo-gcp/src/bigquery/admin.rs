@@ -162,7 +162,7 @@ impl BigQueryAdmin {
         format!(
             "{}/datasets/{dataset}/tables/{}",
             self.client.project_url(),
-            encode_path(table)
+            crate::text::percent_encode(table)
         )
     }
 
@@ -307,32 +307,19 @@ impl BigQueryAdmin {
             let mut next = format!(
                 "{}/queries/{}?formatOptions.useInt64Timestamp=true&timeoutMs={WAIT_MS}",
                 self.client.project_url(),
-                encode_path(&job.job_id)
+                crate::text::percent_encode(&job.job_id)
             );
             if let Some(loc) = &job.location {
                 next.push_str("&location=");
-                next.push_str(&encode_path(loc));
+                next.push_str(&crate::text::percent_encode(loc));
             }
             if let Some(token) = &page.page_token {
                 next.push_str("&pageToken=");
-                next.push_str(&encode_path(token));
+                next.push_str(&crate::text::percent_encode(token));
             }
             page = self.client.call(Method::GET, &next, None).await?;
         }
     }
-}
-
-/// Percent-encodes a path segment or query value (everything but unreserved characters).
-fn encode_path(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Rows of a query.

@@ -282,8 +282,8 @@ impl WriteClient {
             .collect();
         let routing = format!(
             "table_name={}&app_profile_id={}",
-            url_encode(&cfg.table_path),
-            url_encode(&cfg.app_profile_id)
+            crate::text::percent_encode(&cfg.table_path),
+            crate::text::percent_encode(&cfg.app_profile_id)
         )
         .parse()
         .map_err(|_| ConfigError::invalid("bigtable.table", "not usable in a request header"))?;
@@ -333,19 +333,6 @@ impl WriteClient {
             .map(tonic::Response::into_inner)
             .map_err(|s| BigtableError::from_status(OP, &s))
     }
-}
-
-/// Percent-encodes a header parameter value (everything but unreserved characters).
-fn url_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 8);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
