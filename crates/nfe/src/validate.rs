@@ -44,6 +44,21 @@ enum Slot {
     Duplicated,
 }
 
+impl Slot {
+    /// The node of a present field; a missing one adds its issue (a duplicated one already has its
+    /// issue from the key scan).
+    fn present(self, name: &str, issues: &mut Vec<Issue>) -> Option<usize> {
+        match self {
+            Slot::Absent => {
+                issues.push(missing(At::Root(name), name));
+                None
+            }
+            Slot::Duplicated => None,
+            Slot::At(at) => Some(at),
+        }
+    }
+}
+
 const ROOT_FIELDS: [&str; 6] = [
     field::CREATE_DATE,
     field::EMISSION_DATE,
@@ -276,14 +291,7 @@ impl Validator {
         issues: &mut Vec<Issue>,
     ) -> Option<Moment> {
         let path = At::Root(name);
-        let at = match slot {
-            Slot::Absent => {
-                issues.push(missing(path, name));
-                return None;
-            }
-            Slot::Duplicated => return None,
-            Slot::At(at) => at,
-        };
+        let at = slot.present(name, issues)?;
         let text = match doc.node(at) {
             Node::String(s) => s.as_ref(),
             other => {
@@ -324,14 +332,7 @@ impl Validator {
         issues: &mut Vec<Issue>,
     ) -> Option<i64> {
         let path = At::Root(name);
-        let at = match slot {
-            Slot::Absent => {
-                issues.push(missing(path, name));
-                return None;
-            }
-            Slot::Duplicated => return None,
-            Slot::At(at) => at,
-        };
+        let at = slot.present(name, issues)?;
         match doc.node(at) {
             Node::Number(text) => parse_id(text)
                 .map_err(|e| issues.push(number_issue(path, e)))
@@ -369,14 +370,7 @@ impl Validator {
 
     fn discount(&self, doc: &Document<'_>, slot: Slot, issues: &mut Vec<Issue>) -> Option<Decimal> {
         let path = At::Root(field::DISCOUNT);
-        let at = match slot {
-            Slot::Absent => {
-                issues.push(missing(path, field::DISCOUNT));
-                return None;
-            }
-            Slot::Duplicated => return None,
-            Slot::At(at) => at,
-        };
+        let at = slot.present(field::DISCOUNT, issues)?;
         let (d, path) =
             self.decimal(doc, at, path, self.config.max_value_fraction_digits, issues)?;
         if d.is_sign_negative() && !d.is_zero() {
@@ -397,14 +391,7 @@ impl Validator {
         issues: &mut Vec<Issue>,
     ) -> Option<Vec<SourceItem>> {
         let path = At::Root(field::ITEM_LIST);
-        let at = match slot {
-            Slot::Absent => {
-                issues.push(missing(path, field::ITEM_LIST));
-                return None;
-            }
-            Slot::Duplicated => return None,
-            Slot::At(at) => at,
-        };
+        let at = slot.present(field::ITEM_LIST, issues)?;
         let len = match doc.node(at) {
             Node::Array { len, .. } => *len,
             other => {
