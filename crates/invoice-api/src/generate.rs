@@ -135,13 +135,25 @@ pub struct Generator {
     base: jiff::civil::DateTime,
 }
 
-/// A splitmix64 step: a fast, well-mixed 64-bit hash, so record `id`'s choices do not depend on any
-/// other record (a shared sequential generator would make pages depend on the order they were served).
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+/// Golden-ratio increment of splitmix64.
+pub(crate) const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// The splitmix64 output function: a fast, well-mixed 64-bit hash.
+pub(crate) fn finalize(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// A uniform draw in [0, 1) from 64 random bits.
+pub(crate) fn to_unit(x: u64) -> f64 {
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A splitmix64 step, so record `id`'s choices do not depend on any other record (a shared sequential
+/// generator would make pages depend on the order they were served).
+fn mix(z: u64) -> u64 {
+    finalize(z.wrapping_add(GOLDEN))
 }
 
 struct Draws(u64);
@@ -155,7 +167,7 @@ impl Draws {
         self.next() % n.max(1)
     }
     fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        to_unit(self.next())
     }
 }
 

@@ -24,7 +24,7 @@ use axum::{Json, Router};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::generate::Generator;
+use crate::generate::{finalize, to_unit, Generator, GOLDEN};
 
 /// Fault injection switches. Rates are probabilities per request (0.0 to 1.0), drawn from the generator
 /// seed and the request number, so a run with the same switches sees the same sequence of faults.
@@ -264,11 +264,8 @@ enum Fault {
 fn draw(state: &AppState, n: u64, faults: &Faults) -> (Fault, bool) {
     let mut z = state.generator.config().seed ^ n.wrapping_mul(0xA24B_AED4_963E_E407);
     let mut unit = || {
-        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut x = z;
-        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((x ^ (x >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        z = z.wrapping_add(GOLDEN);
+        to_unit(finalize(z))
     };
     let fault = if unit() < faults.rate_429 {
         Fault::Throttle
@@ -379,11 +376,8 @@ fn broken_page(g: &Generator, first: u64, rate: f64) -> bool {
     if rate <= 0.0 {
         return false;
     }
-    let mut z = (g.config().seed ^ 0x5EED_B40C_E000_0000)
-        .wrapping_add(first.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    let unit = ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64;
+    let z = (g.config().seed ^ 0x5EED_B40C_E000_0000).wrapping_add(first.wrapping_mul(GOLDEN));
+    let unit = to_unit(finalize(z));
     unit < rate
 }
 
