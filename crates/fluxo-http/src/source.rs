@@ -201,18 +201,12 @@ impl<S: CheckpointStore> Poller<S> {
         wait: bool,
     ) -> Result<(), HttpSourceError> {
         while let Some(front) = self.pending.front_mut() {
-            if let Some(h) = &front.acks {
+            if let Some(h) = front.acks.take() {
                 if !wait && !h.is_finished() {
+                    front.acks = Some(h);
                     return Ok(());
                 }
-                let statuses = front
-                    .acks
-                    .take()
-                    .map(|h| async { h.await.unwrap_or_default() });
-                let statuses = match statuses {
-                    Some(f) => f.await,
-                    None => Vec::new(),
-                };
+                let statuses = h.await.unwrap_or_default();
                 ctx.record_statuses(&statuses);
                 if statuses.iter().any(|s| !s.is_delivered()) || statuses.is_empty() {
                     // Stop committing: everything from this page on will be read again next run.
