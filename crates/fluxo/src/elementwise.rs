@@ -31,6 +31,9 @@ pub(crate) trait BatchFn: Send + 'static {
         out: &mut Vec<Element<Self::Out>>,
         dead: &mut Vec<Element<Self::Dead>>,
     ) -> u64;
+
+    /// The step's input watermark when the next batch is processed (only [`DoFn`]s look at it).
+    fn set_input_watermark(&mut self, _watermark: Timestamp) {}
 }
 
 /// `map`: one output per input.
@@ -245,9 +248,17 @@ pub struct DoFnContext<'a, O, D> {
     window: Window,
     pane: PaneInfo,
     finalizers: &'a Finalizers,
+    input_watermark: Timestamp,
 }
 
 impl<O, D> DoFnContext<'_, O, D> {
+    /// The step's input watermark when the bundle started: every element with an earlier event time is
+    /// expected to have arrived (`Timestamp::MIN` before the first watermark). An element whose window
+    /// ended, plus the allowed lateness, before it is late data.
+    pub fn input_watermark(&self) -> Timestamp {
+        self.input_watermark
+    }
+
     /// Event time of the current element.
     pub fn timestamp(&self) -> Timestamp {
         self.timestamp
@@ -315,6 +326,7 @@ impl<O, D> BundleContext<'_, O, D> {
 pub(crate) struct ParDoFn<D: DoFn> {
     pub(crate) dofn: D,
     bundle_finalizers: Vec<Finalizers>,
+    input_watermark: Timestamp,
 }
 
 impl<D: DoFn> ParDoFn<D> {
@@ -322,6 +334,7 @@ impl<D: DoFn> ParDoFn<D> {
         ParDoFn {
             dofn,
             bundle_finalizers: Vec::new(),
+            input_watermark: Timestamp::MIN,
         }
     }
 }
@@ -330,6 +343,11 @@ impl<D: DoFn> BatchFn for ParDoFn<D> {
     type In = D::In;
     type Out = D::Out;
     type Dead = D::Dead;
+
+    fn set_input_watermark(&mut self, watermark: Timestamp) {
+        self.input_watermark = watermark;
+    }
+
     fn process_batch(
         &mut self,
         batch: Vec<Element<D::In>>,
@@ -347,6 +365,7 @@ impl<D: DoFn> BatchFn for ParDoFn<D> {
                 window: e.window,
                 pane: e.pane,
                 finalizers: &e.finalizers,
+                input_watermark: self.input_watermark,
             };
             self.dofn.process(e.value, &mut ctx);
             if out.len() == o && dead.len() == d {
@@ -450,6 +469,8 @@ pub(crate) struct ElementwiseOp<F: BatchFn> {
     in_flight: usize,
     /// The oldest batch, finished and taken from `pending`, not yet emitted.
     completed: Option<Done<F>>,
+    /// The last event-time watermark received (idle marks do not move it).
+    input_watermark: Timestamp,
     main: Output<F::Out>,
     dead: Output<F::Dead>,
     metrics: StepMetrics,
@@ -469,6 +490,7 @@ impl<F: BatchFn> ElementwiseOp<F> {
             pending: VecDeque::new(),
             in_flight: 0,
             completed: None,
+            input_watermark: Timestamp::MIN,
             main,
             dead,
             metrics,
@@ -547,7 +569,8 @@ impl<F: BatchFn> Operator for ElementwiseOp<F> {
 
     async fn process(&mut self, _input: usize, batch: Vec<Element<F::In>>) {
         if self.parallelism == 1 {
-            if let Some(f) = self.pool.pop() {
+            if let Some(mut f) = self.pool.pop() {
+                f.set_input_watermark(self.input_watermark);
                 let done = run_batch(f, batch);
                 self.emit(done).await;
             }
@@ -556,7 +579,8 @@ impl<F: BatchFn> Operator for ElementwiseOp<F> {
         while self.in_flight >= self.parallelism || self.completed.is_some() {
             self.complete_front().await;
         }
-        if let Some(f) = self.pool.pop() {
+        if let Some(mut f) = self.pool.pop() {
+            f.set_input_watermark(self.input_watermark);
             self.in_flight += 1;
             let handle = tokio::spawn(Guarded::new(async move { run_batch(f, batch) }));
             self.pending.push_back(Pending::Batch(handle));
@@ -576,6 +600,9 @@ impl<F: BatchFn> Operator for ElementwiseOp<F> {
     }
 
     async fn on_watermark(&mut self, wm: Watermark) {
+        if let Watermark::EventTime(t) = wm {
+            self.input_watermark = self.input_watermark.max(t);
+        }
         if self.pending.is_empty() && self.completed.is_none() {
             self.forward_watermark(wm);
         } else {

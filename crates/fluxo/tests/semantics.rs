@@ -782,3 +782,48 @@ async fn a_failing_step_stops_an_unbounded_run() {
     let err = result.expect("the run stopped by itself").unwrap_err();
     assert!(err.to_string().contains("Boom"), "{err}");
 }
+
+/// Routes elements older than the input watermark to the dead-letter output.
+#[derive(Clone)]
+struct SplitBehindWatermark;
+impl DoFn for SplitBehindWatermark {
+    type In = String;
+    type Out = String;
+    type Dead = String;
+    fn process(&mut self, v: String, ctx: &mut DoFnContext<'_, String, String>) {
+        if ctx.timestamp() < ctx.input_watermark() {
+            ctx.dead_letter(v);
+        } else {
+            ctx.output(v);
+        }
+    }
+}
+
+#[tokio::test]
+async fn dofns_see_the_input_watermark_of_their_step() {
+    for parallelism in [1, 3] {
+        let p = Pipeline::new("watermark-in-dofn");
+        let source = TestStream::new()
+            .add_values([("early".to_string(), secs(10))])
+            .advance_watermark(secs(100))
+            .add_values([
+                ("behind".to_string(), secs(20)),
+                ("ahead".to_string(), secs(200)),
+            ]);
+        let split = p
+            .read("Read", source)
+            .parallel(parallelism)
+            .par_do("Split", SplitBehindWatermark);
+        let (on_time_sink, on_time) = CollectingSink::new();
+        let (behind_sink, behind) = CollectingSink::new();
+        split.main.write("OnTime", on_time_sink, fast_sink());
+        split.dead_letters.write("Behind", behind_sink, fast_sink());
+        p.run(RunOptions::default()).await.unwrap();
+        assert_eq!(
+            on_time.values_sorted(),
+            vec!["ahead".to_string(), "early".to_string()],
+            "parallelism {parallelism}"
+        );
+        assert_eq!(behind.values(), vec!["behind".to_string()]);
+    }
+}
