@@ -1,0 +1,567 @@
+//! The pipeline graph, built by pure functions over a collection of received messages, so that the
+//! streaming run (Pub/Sub) and the replay (the raw archive) share every step after the source.
+//!
+//! ```text
+//! messages ─┬─ RawWindows (hourly, publish time) ─ RouteLate ─┬─ on time ─> raw/       (Cloud Storage)
+//!           │                                                └─ late ────> raw-late/  (Cloud Storage)
+//!           └─ Validate (parse, validate, enrich; parallel) ─┬─ invoices ─┬─ BigtableRows ─> Bigtable
+//!                                                            │            ├─ BigQueryRows ─> BigQuery
+//!                                                            │            └─ ProcessedLines ─> processed/ (Parquet)
+//!                                                            └─ dead letters ─┬─> dead-letter/ (Cloud Storage)
+//!                                                                             └─> dead-letter topic (Pub/Sub)
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fluxo::{Data, DoFn, DoFnContext, PCollection, SinkConfig, Timestamp, Windowing};
+use fluxo_gcp::bigquery::{BigQuerySink, TableRow};
+use fluxo_gcp::bigtable::{BigtableSink, RowMutation, SetCell};
+use fluxo_gcp::pubsub::{PubsubMessage, PubsubOut, PubsubSink};
+use fluxo_gcp::storage::{ObjectKey, ParquetFormat, StorageSink, Value};
+use nfe::{DeadLetter, ErrorCode, IngestMeta, Invoice, Issue, SourceMeta};
+use serde::{Deserialize, Serialize};
+
+use crate::latency::LatencySink;
+
+/// Object prefix of the raw archive (records within their window's allowed lateness).
+pub const RAW_PREFIX: &str = "raw";
+/// Object prefix of raw records that arrived after their window's allowed lateness.
+pub const RAW_LATE_PREFIX: &str = "raw-late";
+/// Object prefix of the processed archive (one Parquet row per invoice line).
+pub const PROCESSED_PREFIX: &str = "processed/invoice_lines";
+/// Object prefix of dead letters.
+pub const DEAD_LETTER_PREFIX: &str = nfe::storage::DEAD_LETTER_PREFIX;
+/// Attribute set by `ingest` on a record whose `NFeID` already appeared earlier in its page.
+pub const DUPLICATE_OF_ATTRIBUTE: &str = "duplicate_of";
+
+/// A received message as archived in `raw/`: its exact bytes and its Pub/Sub metadata, one JSON
+/// object per line. `data` is `{"encoding":"utf8","data":"<text>"}` for UTF-8 payloads, else base64;
+/// both give the bytes back exactly. Replays rebuild the message from it, so the rows they write
+/// are the streaming run's rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchivedMessage {
+    /// Pub/Sub message id.
+    pub message_id: String,
+    /// Publish time, microseconds since the Unix epoch.
+    pub publish_time_micros: i64,
+    /// Message attributes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
+    /// The exact payload.
+    pub data: nfe::RawBytes,
+}
+
+impl Data for ArchivedMessage {
+    fn size_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.message_id.len()
+            + self.data.0.len()
+            + self
+                .attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 48)
+                .sum::<usize>()
+    }
+}
+
+impl ArchivedMessage {
+    /// The archived form of a message.
+    pub fn of(m: &PubsubMessage) -> Self {
+        ArchivedMessage {
+            message_id: m.message_id.clone(),
+            publish_time_micros: m.publish_time.micros(),
+            attributes: m
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            data: nfe::RawBytes(m.data.to_vec()),
+        }
+    }
+
+    /// The message again (ordering key and delivery attempt are not archived).
+    pub fn into_message(self) -> PubsubMessage {
+        PubsubMessage {
+            data: Bytes::from(self.data.0),
+            attributes: self.attributes.into_iter().collect::<HashMap<_, _>>(),
+            message_id: self.message_id,
+            publish_time: Timestamp::from_micros(self.publish_time_micros),
+            ordering_key: String::new(),
+            delivery_attempt: None,
+        }
+    }
+}
+
+/// Bytes of one object (a dead letter's JSON).
+#[derive(Debug, Clone)]
+pub struct ObjectBytes(pub Bytes);
+
+impl AsRef<[u8]> for ObjectBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Data for ObjectBytes {
+    fn size_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.0.len()
+    }
+}
+
+fn jiff_time(t: Timestamp) -> Option<jiff::Timestamp> {
+    jiff::Timestamp::from_microsecond(t.micros()).ok()
+}
+
+fn source_meta(m: &PubsubMessage) -> SourceMeta {
+    SourceMeta {
+        message_id: Some(m.message_id.clone()),
+        publish_time: jiff_time(m.publish_time),
+        attributes: m
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+/// Parse, validate and enrich: a valid record becomes an [`Invoice`] with its ingestion metadata; an
+/// invalid one (or a repeated `NFeID` flagged by `ingest`) becomes a [`DeadLetter`] with its exact
+/// bytes and every issue. Never fails: bad data is data.
+#[derive(Clone)]
+pub struct Validate {
+    validator: nfe::Validator,
+    worker: Option<String>,
+    version: Option<String>,
+}
+
+impl Validate {
+    /// A step with this validator; `worker` and `version` go into every row's ingestion metadata.
+    pub fn new(validator: nfe::Validator, worker: Option<String>, version: Option<String>) -> Self {
+        Validate {
+            validator,
+            worker,
+            version,
+        }
+    }
+
+    fn dead(&self, m: &PubsubMessage, issues: Vec<Issue>) -> Arc<DeadLetter> {
+        Arc::new(DeadLetter::new(
+            m.data.to_vec(),
+            issues,
+            nfe::stage::VALIDATE,
+            source_meta(m),
+            jiff::Timestamp::now(),
+        ))
+    }
+}
+
+impl DoFn for Validate {
+    type In = PubsubMessage;
+    type Out = Arc<Invoice>;
+    type Dead = Arc<DeadLetter>;
+
+    fn process(&mut self, m: PubsubMessage, ctx: &mut DoFnContext<'_, Self::Out, Self::Dead>) {
+        if let Some(first) = m.attributes.get(DUPLICATE_OF_ATTRIBUTE) {
+            let issue = Issue::new(
+                ErrorCode::DuplicateId,
+                "$.NFeID",
+                format!("NFeID already sent by record {first} of the same page"),
+            );
+            ctx.dead_letter(self.dead(&m, vec![issue]));
+            return;
+        }
+        match self.validator.process(&m.data) {
+            Ok(invoice) => {
+                let meta = IngestMeta {
+                    message_id: Some(m.message_id.clone()),
+                    publish_time: jiff_time(m.publish_time),
+                    worker: self.worker.clone(),
+                    version: self.version.clone(),
+                };
+                ctx.output(Arc::new(invoice.with_ingest(meta)));
+            }
+            Err(rejection) => ctx.dead_letter(self.dead(&m, rejection.issues)),
+        }
+    }
+}
+
+/// Splits the raw archive by lateness: a message whose window closed more than `allowed_lateness`
+/// before the step's input watermark goes to the late output.
+#[derive(Clone)]
+pub struct RouteLate {
+    allowed_lateness: Duration,
+}
+
+impl DoFn for RouteLate {
+    type In = PubsubMessage;
+    type Out = ArchivedMessage;
+    type Dead = ArchivedMessage;
+
+    fn process(&mut self, m: PubsubMessage, ctx: &mut DoFnContext<'_, Self::Out, Self::Dead>) {
+        let deadline = ctx.window().max_timestamp().plus(self.allowed_lateness);
+        let archived = ArchivedMessage::of(&m);
+        if deadline < ctx.input_watermark() {
+            ctx.dead_letter(archived);
+        } else {
+            ctx.output(archived);
+        }
+    }
+}
+
+/// The two Bigtable rows of an invoice (invoice row and emission-index row) as mutations.
+pub fn bigtable_mutations(layout: &nfe::BigtableLayout, invoice: &Invoice) -> [RowMutation; 2] {
+    layout.encode(invoice).map(|row| {
+        RowMutation::new(
+            row.key,
+            row.cells
+                .into_iter()
+                .map(|c| {
+                    let qualifier = match c.qualifier {
+                        std::borrow::Cow::Borrowed(q) => Bytes::from_static(q),
+                        std::borrow::Cow::Owned(q) => Bytes::from(q),
+                    };
+                    SetCell::new(c.family, qualifier, c.timestamp_micros, c.value)
+                })
+                .collect(),
+        )
+    })
+}
+
+/// The BigQuery rows of an invoice: one `invoices` row and one `invoice_items` row per line, with
+/// stable insert ids.
+pub fn bigquery_rows(
+    invoices_table: &Arc<str>,
+    items_table: &Arc<str>,
+    invoice: &Invoice,
+) -> Vec<TableRow> {
+    let mut rows = Vec::with_capacity(1 + invoice.items.len());
+    let head = nfe::bigquery::invoice_row(invoice);
+    // Serializing a struct of strings and integers cannot fail; a failure would be a bug, so the row
+    // is skipped with an error log rather than a panic.
+    match TableRow::encode(invoices_table.clone(), head.insert_id, &head.row) {
+        Ok(r) => rows.push(r),
+        Err(e) => tracing::error!(error = %e, nfe_id = invoice.nfe_id, "cannot encode invoice row"),
+    }
+    for item in nfe::bigquery::item_rows(invoice) {
+        match TableRow::encode(items_table.clone(), item.insert_id, &item.row) {
+            Ok(r) => rows.push(r),
+            Err(e) => {
+                tracing::error!(error = %e, nfe_id = invoice.nfe_id, "cannot encode item row")
+            }
+        }
+    }
+    rows
+}
+
+/// Parquet schema of the processed archive: one row per invoice line, with its invoice's header.
+pub const PROCESSED_SCHEMA: &str = "message invoice_line {
+    required int64 nfe_id;
+    required int64 nfe_number;
+    required int64 emission_time (TIMESTAMP(MICROS,true));
+    required binary emission_date (STRING);
+    required int64 creation_time (TIMESTAMP(MICROS,true));
+    required fixed_len_byte_array(16) discount (DECIMAL(38,9));
+    required fixed_len_byte_array(16) gross (DECIMAL(38,9));
+    required fixed_len_byte_array(16) net (DECIMAL(38,9));
+    required int32 item_count;
+    required int32 line_number;
+    required binary product_name (STRING);
+    required binary product_key (STRING);
+    required fixed_len_byte_array(16) unit_value (DECIMAL(38,9));
+    required fixed_len_byte_array(16) quantity (DECIMAL(38,9));
+    required fixed_len_byte_array(16) line_total (DECIMAL(38,9));
+    required binary content_hash (STRING);
+    optional binary message_id (STRING);
+    optional int64 publish_time (TIMESTAMP(MICROS,true));
+}";
+
+/// One line of an invoice (index into `items`), the processed archive's element.
+pub type InvoiceLine = (Arc<Invoice>, u32);
+
+/// The processed archive's Parquet format.
+pub fn processed_format() -> Result<ParquetFormat<InvoiceLine>, fluxo_gcp::ConfigError> {
+    ParquetFormat::new(PROCESSED_SCHEMA, |(inv, i): &InvoiceLine, row| {
+        let line = inv
+            .items
+            .get(*i as usize)
+            .ok_or_else(|| format!("line {i} out of range"))?;
+        let (discount, gross, net) = (
+            inv.discount.to_string(),
+            inv.gross.to_string(),
+            inv.net.to_string(),
+        );
+        let (unit, qty, total) = (
+            line.unit_value.to_string(),
+            line.quantity.to_string(),
+            line.line_total.to_string(),
+        );
+        let ingest = inv.ingest.as_ref();
+        row.push(inv.nfe_id)?
+            .push(inv.nfe_number)?
+            .push(inv.emission.utc.as_microsecond())?
+            .push(inv.emission_date.to_string().as_str())?
+            .push(inv.creation.utc.as_microsecond())?
+            .push(Value::Decimal(&discount))?
+            .push(Value::Decimal(&gross))?
+            .push(Value::Decimal(&net))?
+            .push(i32::try_from(inv.item_count).unwrap_or(i32::MAX))?
+            .push(i32::try_from(line.line_number).unwrap_or(i32::MAX))?
+            .push(line.product_name.as_str())?
+            .push(line.product_key.as_str())?
+            .push(Value::Decimal(&unit))?
+            .push(Value::Decimal(&qty))?
+            .push(Value::Decimal(&total))?
+            .push(inv.content_hash.to_hex().as_str())?
+            .push(ingest.and_then(|m| m.message_id.as_deref()))?
+            .push(
+                ingest
+                    .and_then(|m| m.publish_time)
+                    .map(|t| t.as_microsecond()),
+            )?;
+        Ok(())
+    })
+}
+
+/// The dead-letter object name (`dead-letter/dt=.../hour=.../stage=.../<sha256 of the raw bytes>.json`),
+/// read back from the object's own JSON so that a redelivered record replaces its object.
+pub fn dead_letter_object_name(key: &ObjectKey<'_>) -> String {
+    match serde_json::from_slice::<DeadLetter>(key.content) {
+        Ok(d) => d.object_name(),
+        Err(_) => format!("{DEAD_LETTER_PREFIX}/unreadable/{}.json", key.hash),
+    }
+}
+
+/// The dead-letter topic's message for a dead letter: its JSON, with the stage, the error codes and the
+/// raw bytes' SHA-256 as attributes.
+pub fn dead_letter_message(d: &DeadLetter, json: Bytes) -> PubsubOut {
+    let mut codes: Vec<&str> = d.issues.iter().map(|i| i.code.as_str()).collect();
+    codes.dedup();
+    let mut out = PubsubOut::new(json)
+        .with_attribute("stage", d.stage.clone())
+        .with_attribute("codes", codes.join(","))
+        .with_attribute("raw_sha256", d.raw_sha256.clone());
+    if let Some(id) = &d.source.message_id {
+        out = out.with_attribute("message_id", id.clone());
+    }
+    out
+}
+
+/// Settings of the graph.
+#[derive(Clone)]
+pub struct GraphSettings {
+    /// Parse/validate/enrich.
+    pub validate: Validate,
+    /// Threads of the validate step.
+    pub parallelism: usize,
+    /// Bigtable layout.
+    pub layout: nfe::BigtableLayout,
+    /// Raw archive windows.
+    pub raw_window: Duration,
+    /// Raw archive lateness.
+    pub allowed_lateness: Duration,
+    /// Batching of the Bigtable sink.
+    pub bigtable_batch: SinkConfig,
+    /// Batching of the BigQuery sink.
+    pub bigquery_batch: SinkConfig,
+    /// Batching of the archive sinks (raw, processed).
+    pub archive_batch: SinkConfig,
+    /// Batching of the dead-letter sinks.
+    pub dead_letter_batch: SinkConfig,
+}
+
+/// The sinks of the graph; `raw` and `processed` are optional (a replay writes neither).
+pub struct Sinks {
+    /// Invoice rows and index rows.
+    pub bigtable: LatencySink<BigtableSink>,
+    /// `invoices` and `invoice_items`.
+    pub bigquery: BigQuerySink,
+    /// Raw archive: on time and late.
+    pub raw: Option<(StorageSink<ArchivedMessage>, StorageSink<ArchivedMessage>)>,
+    /// Processed archive.
+    pub processed: Option<StorageSink<InvoiceLine>>,
+    /// Dead letters as objects.
+    pub dead_letter_objects: StorageSink<ObjectBytes>,
+    /// Dead letters on the dead-letter topic.
+    pub dead_letter_topic: PubsubSink<PubsubOut>,
+}
+
+/// Adds every step after the source to the pipeline of `messages`.
+pub fn build(
+    messages: &PCollection<PubsubMessage>,
+    sinks: Sinks,
+    s: &GraphSettings,
+    codes: crate::CodeCounts,
+) {
+    if let Some((on_time, late)) = sinks.raw {
+        let routed = messages
+            .window_into("RawWindows", Windowing::fixed(s.raw_window))
+            .parallel(s.parallelism)
+            .par_do(
+                "RouteLate",
+                RouteLate {
+                    allowed_lateness: s.allowed_lateness,
+                },
+            );
+        routed
+            .main
+            .write("RawArchive", on_time, s.archive_batch.clone());
+        routed
+            .dead_letters
+            .write("RawArchiveLate", late, s.archive_batch.clone());
+    }
+
+    let validated = messages
+        .parallel(s.parallelism)
+        .par_do("Validate", s.validate.clone());
+    let invoices = validated.main;
+
+    let layout = s.layout;
+    invoices
+        .parallel(s.parallelism)
+        .flat_map("BigtableRows", move |inv: Arc<Invoice>| {
+            bigtable_mutations(&layout, &inv)
+        })
+        .write("Bigtable", sinks.bigtable, s.bigtable_batch.clone());
+
+    let (head, items): (Arc<str>, Arc<str>) = (
+        Arc::from(nfe::bigquery::INVOICES.name),
+        Arc::from(nfe::bigquery::INVOICE_ITEMS.name),
+    );
+    invoices
+        .parallel(s.parallelism)
+        .flat_map("BigQueryRows", move |inv: Arc<Invoice>| {
+            bigquery_rows(&head, &items, &inv)
+        })
+        .write("BigQuery", sinks.bigquery, s.bigquery_batch.clone());
+
+    if let Some(processed) = sinks.processed {
+        invoices
+            .flat_map("ProcessedLines", |inv: Arc<Invoice>| {
+                (0..inv.items.len() as u32)
+                    .map(|i| (inv.clone(), i))
+                    .collect::<Vec<_>>()
+            })
+            .write("ProcessedArchive", processed, s.archive_batch.clone());
+    }
+
+    let dead = validated
+        .dead_letters
+        .map("DeadLetterJson", move |d: Arc<DeadLetter>| {
+            if let Ok(mut counts) = codes.lock() {
+                let mut seen: Vec<&str> = Vec::with_capacity(d.issues.len());
+                for issue in &d.issues {
+                    let code = issue.code.as_str();
+                    if !seen.contains(&code) {
+                        seen.push(code);
+                        *counts.entry(code.to_string()).or_default() += 1;
+                    }
+                }
+            }
+            let json = Bytes::from(d.to_json());
+            (ObjectBytes(json), d)
+        });
+    dead.map(
+        "DeadLetterObject",
+        |(json, _): (ObjectBytes, Arc<DeadLetter>)| json,
+    )
+    .write(
+        "DeadLetterArchive",
+        sinks.dead_letter_objects,
+        s.dead_letter_batch.clone(),
+    );
+    dead.map(
+        "DeadLetterMessage",
+        |(json, d): (ObjectBytes, Arc<DeadLetter>)| dead_letter_message(&d, json.0),
+    )
+    .write(
+        "DeadLetterTopic",
+        sinks.dead_letter_topic,
+        s.dead_letter_batch.clone(),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(data: &[u8]) -> PubsubMessage {
+        let mut attributes = HashMap::new();
+        attributes.insert("source".to_string(), "api".to_string());
+        PubsubMessage {
+            data: Bytes::copy_from_slice(data),
+            attributes,
+            message_id: "17".into(),
+            publish_time: Timestamp::from_millis(1_621_898_494_790),
+            ordering_key: String::new(),
+            delivery_attempt: None,
+        }
+    }
+
+    #[test]
+    fn archived_messages_round_trip_exact_bytes() {
+        for data in [&b"{\"NFeID\": 1}\n"[..], b"\xff\x00binary"] {
+            let m = message(data);
+            let line = serde_json::to_vec(&ArchivedMessage::of(&m)).unwrap();
+            assert!(!line.contains(&b'\n'));
+            let back: ArchivedMessage = serde_json::from_slice(&line).unwrap();
+            assert_eq!(back.into_message(), m);
+        }
+    }
+
+    #[test]
+    fn mutations_mirror_the_layout() {
+        let validator = nfe::ValidationConfig::default().build().unwrap();
+        let raw = br#"{"CreateDate":"2021-05-24T20:21:34.79","EmissionDate":"2021-05-24T00:00:00",
+          "Discount":0.0,"NFeNumber":503,"NFeID":3,"ItemList":[
+          {"ProductName":"Beer","Value":9.00,"Quantity":6}]}"#;
+        let inv = validator.process(raw).unwrap();
+        let layout = nfe::BigtableLayout::default();
+        let rows = layout.encode(&inv);
+        let muts = bigtable_mutations(&layout, &inv);
+        for (row, m) in rows.iter().zip(&muts) {
+            assert_eq!(&m.key[..], &row.key[..]);
+            assert_eq!(m.cells.len(), row.cells.len());
+            for (c, s) in row.cells.iter().zip(&m.cells) {
+                assert_eq!((&*c.family, &*c.qualifier), (&*s.family, &s.qualifier[..]));
+                assert_eq!(
+                    (c.timestamp_micros, &c.value),
+                    (s.timestamp_micros, &s.value)
+                );
+            }
+        }
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("invoices"), Arc::from("invoice_items"));
+        let rows = bigquery_rows(&a, &b, &inv);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].table(), Some("invoices"));
+        assert_eq!(
+            rows[1].insert_id(),
+            Some(&*format!("{}-1", nfe::bigquery::invoice_insert_id(&inv)))
+        );
+    }
+
+    #[test]
+    fn dead_letter_messages_carry_codes() {
+        let validator = nfe::ValidationConfig::default().build().unwrap();
+        let m = message(br#"{"NFeID": "x"}"#);
+        let issues = validator.validate(&m.data).unwrap_err().issues;
+        let d = DeadLetter::new(
+            m.data.to_vec(),
+            issues,
+            "validate",
+            source_meta(&m),
+            jiff::Timestamp::now(),
+        );
+        let out = dead_letter_message(&d, Bytes::from(d.to_json()));
+        assert!(
+            out.attributes["codes"].contains("NFE_"),
+            "{:?}",
+            out.attributes
+        );
+        assert_eq!(out.attributes["message_id"], "17");
+        assert_eq!(out.attributes["raw_sha256"].len(), 64);
+    }
+}

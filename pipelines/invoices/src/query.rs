@@ -1,0 +1,247 @@
+//! Reading back: one invoice by id (one Bigtable row read), invoices of an emission-date range (one
+//! range scan per index bucket, merged), and an inventory of what every store holds, counted
+//! independently of the pipeline's own report.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use fluxo_gcp::bigquery::{BigQueryAdmin, ClientConfig};
+use fluxo_gcp::bigtable::{BigtableReader, KeyRange, ReadRow};
+use fluxo_gcp::storage::{Location, Store, StoreOptions};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::config::Profile;
+use crate::graph;
+use crate::Error;
+
+fn read_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Read(format!("{what}: {e}"))
+}
+
+/// Connects a reader to the profile's table.
+pub async fn reader(p: &Profile) -> Result<BigtableReader, Error> {
+    Ok(BigtableReader::connect(&crate::bigtable_settings(p)).await?)
+}
+
+/// The cells of a row as a JSON object `{qualifier: value}`; the `items` cell is parsed as JSON, the
+/// cell timestamp is given as `version_micros`.
+pub fn row_json(row: &ReadRow) -> Value {
+    let mut out = Map::new();
+    out.insert(
+        "row_key".into(),
+        Value::String(String::from_utf8_lossy(&row.key).into_owned()),
+    );
+    let mut version = None;
+    for c in &row.cells {
+        let name = String::from_utf8_lossy(&c.qualifier).into_owned();
+        if out.contains_key(&name) {
+            continue; // older version of the same column
+        }
+        version = version.max(Some(c.timestamp_micros));
+        let text = String::from_utf8_lossy(&c.value).into_owned();
+        let value = if name == "items" {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        } else {
+            Value::String(text)
+        };
+        out.insert(name, value);
+    }
+    if let Some(v) = version {
+        out.insert("version_micros".into(), Value::from(v));
+    }
+    Value::Object(out)
+}
+
+/// The invoice `nfe_id` as stored in Bigtable, or `None`.
+pub async fn get_invoice(reader: &BigtableReader, nfe_id: i64) -> Result<Option<Value>, Error> {
+    let row = reader
+        .read_row(Bytes::from(nfe::bigtable::row_key(nfe_id)))
+        .await
+        .map_err(|e| read_err("Bigtable read", e))?;
+    Ok(row.as_ref().map(row_json))
+}
+
+/// One entry of the emission-date index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IndexEntry {
+    /// Emission instant, UTC, millisecond precision (`YYYYMMDDHHMMSSmmm` from the key).
+    pub emission_utc: String,
+    /// `NFeID`.
+    pub nfe_id: i64,
+    /// Index cells (`number`, `net`, `item_count`, `hash`).
+    pub cells: BTreeMap<String, String>,
+}
+
+fn index_entry(row: &ReadRow) -> Option<IndexEntry> {
+    // e#BB#YYYYMMDDHHMMSSmmm#IIIIIIIIIIIIIIIIIII
+    let key = std::str::from_utf8(&row.key).ok()?;
+    let mut parts = key.split('#');
+    let (_, _, emission, id) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let mut cells = BTreeMap::new();
+    for c in &row.cells {
+        cells
+            .entry(String::from_utf8_lossy(&c.qualifier).into_owned())
+            .or_insert_with(|| String::from_utf8_lossy(&c.value).into_owned());
+    }
+    Some(IndexEntry {
+        emission_utc: emission.to_string(),
+        nfe_id: id.parse().ok()?,
+        cells,
+    })
+}
+
+/// Invoices emitted in `[from, to)`, in emission order (ties by id), at most `limit` (0 = all): one scan
+/// per index bucket, run concurrently, then merged.
+pub async fn list_by_emission(
+    reader: &BigtableReader,
+    layout: &nfe::BigtableLayout,
+    from: jiff::Timestamp,
+    to: jiff::Timestamp,
+    limit: usize,
+) -> Result<Vec<IndexEntry>, Error> {
+    let scans = layout.emission_scan(from, to).into_iter().map(|r| {
+        reader.scan(
+            KeyRange {
+                start: r.start.into(),
+                end: r.end.into(),
+            },
+            limit as u64,
+        )
+    });
+    let mut out = Vec::new();
+    for rows in futures::future::join_all(scans).await {
+        let rows = rows.map_err(|e| read_err("Bigtable scan", e))?;
+        out.extend(rows.iter().filter_map(index_entry));
+    }
+    out.sort_by(|a, b| (&a.emission_utc, a.nfe_id).cmp(&(&b.emission_utc, b.nfe_id)));
+    if limit > 0 {
+        out.truncate(limit);
+    }
+    Ok(out)
+}
+
+/// What every store holds, counted from the stores themselves.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Inventory {
+    /// Bigtable invoice rows (`i#...`).
+    pub bigtable_invoice_rows: u64,
+    /// Bigtable emission-index rows (`e#...`).
+    pub bigtable_index_rows: u64,
+    /// Rows of BigQuery `invoices` (duplicates from redeliveries included).
+    pub bigquery_invoices: u64,
+    /// Distinct `(nfe_id, content_hash)` in `invoices`: the invoices once duplicates are removed.
+    pub bigquery_invoices_distinct: u64,
+    /// Rows of BigQuery `invoice_items`.
+    pub bigquery_items: u64,
+    /// Distinct `(nfe_id, content_hash, line_number)` in `invoice_items`.
+    pub bigquery_items_distinct: u64,
+    /// Cloud Storage objects per prefix (`raw`, `raw-late`, `processed/invoice_lines`, `dead-letter`).
+    pub objects: BTreeMap<String, u64>,
+    /// Records in the raw archive (`raw/` and `raw-late/`).
+    pub raw_records: u64,
+    /// Dead-letter objects by error code (a record with several codes counts under each).
+    pub dead_letters_by_code: BTreeMap<String, u64>,
+}
+
+async fn count_prefix(reader: &BigtableReader, prefix: &'static [u8]) -> Result<u64, Error> {
+    let rows = reader
+        .scan_prefix(Bytes::from_static(prefix), 0)
+        .await
+        .map_err(|e| read_err("Bigtable scan", e))?;
+    Ok(rows.len() as u64)
+}
+
+async fn bq_count(admin: &BigQueryAdmin, sql: &str) -> Result<u64, Error> {
+    let result = admin
+        .query(sql)
+        .await
+        .map_err(|e| read_err("BigQuery query", e))?;
+    let records = result.records();
+    let first = records
+        .first()
+        .and_then(|r| r.values().next())
+        .ok_or_else(|| read_err("BigQuery query", format!("no row from {sql}")))?;
+    match first {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| read_err("BigQuery query", format!("unexpected count {first}")))
+}
+
+/// Counts everything the profile's stores hold.
+pub async fn inventory(p: &Profile) -> Result<Inventory, Error> {
+    let mut inv = Inventory::default();
+    let bt = reader(p).await?;
+    inv.bigtable_invoice_rows = count_prefix(&bt, nfe::bigtable::INVOICE_PREFIX).await?;
+    inv.bigtable_index_rows = count_prefix(&bt, nfe::bigtable::INDEX_PREFIX).await?;
+
+    let bq = BigQueryAdmin::connect(&p.project, &ClientConfig::default()).await?;
+    let table = |t: &str| format!("`{}.{}.{}`", p.project, p.bigquery_dataset, t);
+    let (head, items) = (table("invoices"), table("invoice_items"));
+    inv.bigquery_invoices = bq_count(&bq, &format!("SELECT COUNT(*) AS n FROM {head}")).await?;
+    inv.bigquery_invoices_distinct = bq_count(
+        &bq,
+        &format!("SELECT COUNT(*) AS n FROM (SELECT DISTINCT nfe_id, content_hash FROM {head})"),
+    )
+    .await?;
+    inv.bigquery_items = bq_count(&bq, &format!("SELECT COUNT(*) AS n FROM {items}")).await?;
+    inv.bigquery_items_distinct = bq_count(
+        &bq,
+        &format!(
+            "SELECT COUNT(*) AS n FROM (SELECT DISTINCT nfe_id, content_hash, line_number FROM {items})"
+        ),
+    )
+    .await?;
+
+    let location = Location::parse(&p.archive_url, "archive_url")?;
+    let store = Store::open(&location, StoreOptions::default()).await?;
+    for prefix in [
+        graph::RAW_PREFIX,
+        graph::RAW_LATE_PREFIX,
+        graph::PROCESSED_PREFIX,
+        graph::DEAD_LETTER_PREFIX,
+    ] {
+        let objects = store
+            .list(&format!("{prefix}/"))
+            .await
+            .map_err(|e| read_err("Cloud Storage list", e))?;
+        inv.objects.insert(prefix.to_string(), objects.len() as u64);
+        if prefix == graph::DEAD_LETTER_PREFIX {
+            for o in &objects {
+                let body = store
+                    .get(&o.name)
+                    .await
+                    .map_err(|e| read_err("Cloud Storage read", e))?;
+                let d: nfe::DeadLetter = serde_json::from_slice(&body)
+                    .map_err(|e| read_err(&format!("dead letter {}", o.name), e))?;
+                let mut codes: Vec<&str> = d.issues.iter().map(|i| i.code.as_str()).collect();
+                codes.sort_unstable();
+                codes.dedup();
+                for c in codes {
+                    *inv.dead_letters_by_code.entry(c.to_string()).or_default() += 1;
+                }
+            }
+        }
+        if prefix == graph::RAW_PREFIX || prefix == graph::RAW_LATE_PREFIX {
+            for o in &objects {
+                let body = store
+                    .get(&o.name)
+                    .await
+                    .map_err(|e| read_err("Cloud Storage read", e))?;
+                let text = if o.name.ends_with(".gz") {
+                    fluxo_gcp::storage::gunzip(&body)
+                        .map_err(|e| read_err(&format!("raw object {}", o.name), e))?
+                } else {
+                    body.to_vec()
+                };
+                inv.raw_records += text
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .count() as u64;
+            }
+        }
+    }
+    Ok(inv)
+}
