@@ -119,6 +119,9 @@ pub struct Tuning {
     pub concurrent_pulls: usize,
     /// Messages received and not yet acknowledged (flow control). Default 20,000.
     pub max_outstanding_messages: usize,
+    /// Ack deadline the source keeps extending for messages in flight, 10..=600 seconds: after a crash,
+    /// the messages the worker held are redelivered this long after its last extension. Default 60.
+    pub ack_deadline_secs: u32,
     /// Rows per Bigtable `MutateRows` batch of the pipeline (two rows per invoice). Default 1,000.
     pub bigtable_batch_rows: usize,
     /// BigQuery rows per sink batch (one per invoice plus one per item). Default 2,000.
@@ -140,6 +143,7 @@ impl Default for Tuning {
             allowed_lateness_secs: 3_600,
             concurrent_pulls: 2,
             max_outstanding_messages: 20_000,
+            ack_deadline_secs: 60,
             bigtable_batch_rows: 1_000,
             bigquery_batch_rows: 2_000,
             max_batch_delay_ms: 100,
@@ -282,6 +286,13 @@ impl Profile {
                 "tuning.max_outstanding_messages",
                 t.max_outstanding_messages,
                 "must be at least 1000 (one full Pull)",
+            ));
+        }
+        if !(10..=600).contains(&t.ack_deadline_secs) {
+            return Err(invalid(
+                "tuning.ack_deadline_secs",
+                t.ack_deadline_secs,
+                "must be 10..=600 (Pub/Sub's limits)",
             ));
         }
         for (field, v) in [

@@ -209,7 +209,7 @@ pub async fn provision(p: &Profile) -> Result<(), Error> {
         }
     }
     let options = SubscriptionOptions {
-        ack_deadline_secs: 60,
+        ack_deadline_secs: p.tuning.ack_deadline_secs as i32,
         dead_letter: Some((p.dead_letter_topic.clone(), p.max_delivery_attempts)),
         enable_message_ordering: false,
     };
@@ -418,6 +418,7 @@ pub async fn run_stream(
         subscription: p.subscription.clone(),
         concurrent_pulls: t.concurrent_pulls,
         max_outstanding_messages: t.max_outstanding_messages,
+        ack_deadline_secs: t.ack_deadline_secs,
         ..PubsubSourceConfig::default()
     })
     .await?;
