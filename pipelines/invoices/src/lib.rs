@@ -71,6 +71,9 @@ pub struct RunSettings {
     /// Streaming only: stop (and drain) once no message arrived for this long and nothing is in
     /// flight. Default: none (run until SIGTERM).
     pub exit_when_idle: Option<Duration>,
+    /// Streaming only: stop (and drain) once this many messages were acknowledged (benchmarks, backfills
+    /// of a known size). Default: none.
+    pub stop_after: Option<u64>,
     /// Log a progress line this often. Default: 2 s.
     pub progress_every: Duration,
     /// Longest drain after a stop before the rest is abandoned (and redelivered). Default: 25 s.
@@ -83,6 +86,7 @@ impl Default for RunSettings {
             worker: None,
             metrics_addr: None,
             exit_when_idle: None,
+            stop_after: None,
             progress_every: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(25),
         }
@@ -427,16 +431,21 @@ pub async fn run_stream(
     let sinks = open_sinks(p, true, latency.clone()).await?;
     let gs = graph_settings(p, settings.worker.clone())?;
 
-    let p_ = pipeline();
-    let messages = p_.read("Pubsub", source);
     let codes = CodeCounts::default();
-    graph::build(&messages, sinks, &gs, codes.clone());
-    let runnable = p_.build()?;
+    // Built in a block so that the (single-threaded) graph builder is gone before the first await: the
+    // returned future stays `Send`.
+    let runnable = {
+        let p_ = pipeline();
+        let messages = p_.read("Pubsub", source);
+        graph::build(&messages, sinks, &gs, codes.clone());
+        p_.build()?
+    };
 
     let stop = Shutdown::new();
     let run_signal = stop.signal();
     let watcher = {
         let idle_after = settings.exit_when_idle;
+        let stop_after = settings.stop_after;
         let every = settings.progress_every;
         let latency = latency.clone();
         tokio::spawn(async move {
@@ -447,7 +456,7 @@ pub async fn run_stream(
             loop {
                 tokio::select! {
                     _ = shutdown.wait() => { stop.trigger(); return; }
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 }
                 let received = stats.received();
                 if received != last_received {
@@ -467,6 +476,14 @@ pub async fn run_stream(
                     );
                     last_log = Instant::now();
                     last_logged = received;
+                }
+                if stop_after.is_some_and(|n| stats.acked() >= n) {
+                    tracing::info!(
+                        acked = stats.acked(),
+                        "acknowledged the requested count: draining"
+                    );
+                    stop.trigger();
+                    return;
                 }
                 if let Some(idle) = idle_after {
                     if last_change.elapsed() >= idle && stats.outstanding_messages() == 0 {
@@ -515,13 +532,16 @@ pub async fn run_replay(
     let latency = Arc::new(Histogram::default());
     let sinks = open_sinks(p, false, latency.clone()).await?;
     let gs = graph_settings(p, settings.worker.clone())?;
-    let p_ = pipeline();
-    let messages = p_
-        .read("Archive", source)
-        .map("Message", ArchivedMessage::into_message);
     let codes = CodeCounts::default();
-    graph::build(&messages, sinks, &gs, codes.clone());
-    let engine = p_
+    let runnable = {
+        let p_ = pipeline();
+        let messages = p_
+            .read("Archive", source)
+            .map("Message", ArchivedMessage::into_message);
+        graph::build(&messages, sinks, &gs, codes.clone());
+        p_.build()?
+    };
+    let engine = runnable
         .run(RunOptions {
             shutdown,
             drain_timeout: settings.drain_timeout,

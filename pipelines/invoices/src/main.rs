@@ -65,6 +65,9 @@ enum Command {
         /// Stop and drain once no message arrived for this many seconds (batch-style runs, demos).
         #[arg(long)]
         exit_when_idle: Option<f64>,
+        /// Stop and drain once this many messages were acknowledged.
+        #[arg(long)]
+        stop_after: Option<u64>,
     },
     /// Replay the raw archive (raw/ and raw-late/) through the same steps into Bigtable, BigQuery and the
     /// dead letters; prints the run report as JSON.
@@ -99,8 +102,8 @@ enum Command {
 }
 
 fn init_logs(json: bool) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,bigtable_rs=warn".into());
     if json || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
         tracing_subscriber::fmt()
             .json()
@@ -154,8 +157,10 @@ async fn run(cli: Cli, profile: Profile) -> anyhow::Result<i32> {
         Command::Run {
             args,
             exit_when_idle,
+            stop_after,
         } => {
-            let s = settings(&args, exit_when_idle)?;
+            let mut s = settings(&args, exit_when_idle)?;
+            s.stop_after = stop_after;
             if args.provision {
                 invoices::provision(&profile).await?;
             }
