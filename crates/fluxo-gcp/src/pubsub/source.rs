@@ -10,6 +10,11 @@
 //!   budget;
 //! - the lease extender periodically sends `ModifyAckDeadline` for the ack ids still in flight;
 //! - the acker sends `Acknowledge` / `ModifyAckDeadline(0)` in chunks of `ack_batch_size`.
+//!
+//! Emulator pacing (unary pull against an emulator only, see [`PullPace`]): the emulator copies its
+//! whole undelivered backlog on every `Pull` made while any message of the subscription is delivered
+//! and not yet acked, so there a puller briefly waits for the previous acks to be confirmed before
+//! pulling again, for at most what an overlapped pull was measured to cost extra.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +31,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 
 use super::client::{no_retry, PubsubClient};
-use super::config::{PubsubSourceConfig, ReceiveMode, SourceSettings};
+use super::config::{Endpoint, PubsubSourceConfig, ReceiveMode, SourceSettings};
 use super::message::PubsubMessage;
 use super::sink::PubsubError;
 use crate::error::{grpc_code_is_retriable, ConfigError};
@@ -40,6 +45,10 @@ const ACK_ATTEMPTS: u32 = 3;
 /// Backoff bounds of the pullers after an error.
 const PULL_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const PULL_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Longest wait of an emulator puller for outstanding acks before it pulls anyway.
+const PACE_MAX_WAIT: Duration = Duration::from_millis(50);
+/// Every this many pulls an emulator puller does not wait, to keep measuring overlapped pulls.
+const PACE_PROBE_EVERY: u64 = 32;
 
 /// Counters of a running source, readable while it runs (tests, benchmarks, tools). Acked and nacked
 /// messages are also counted in the engine's source metrics.
@@ -201,6 +210,58 @@ struct Budget {
     bytes: usize,
 }
 
+/// Pull pacing against an emulator.
+///
+/// The Pub/Sub emulator (`cloud-pubsub-emulator` 0.8.x, `MessageBacklog.updateExpiredAckDeadlines`)
+/// rebuilds its set of undelivered messages, a copy of the whole backlog, on every `Pull` made while
+/// any message of the subscription is delivered and not yet acked or nacked. A `Pull` issued after
+/// every earlier ack was confirmed skips that copy. With 200,000 messages backlogged an overlapped pull
+/// costs milliseconds more, which made the source several times slower than a pull-then-ack loop.
+///
+/// The puller therefore waits for the outstanding acks to be confirmed before pulling, but never
+/// longer than an overlapped pull was measured to cost extra over a pull made with nothing
+/// outstanding (exponential averages of both, updated on every non-empty pull; every
+/// [`PACE_PROBE_EVERY`]th pull does not wait, to keep the overlapped estimate current). A slow
+/// pipeline (acks arriving later than that) keeps overlapping pulls with processing as before, and
+/// while no clear pull was ever measured only every [`PACE_PROBE_EVERY`]th pull waits (to measure
+/// one); on a small backlog the two costs are equal and nobody waits. Not used against real Pub/Sub.
+#[derive(Debug, Default)]
+struct PullPace {
+    /// Average pull time (seconds) with nothing unconfirmed, and with acks outstanding.
+    clear: Option<f64>,
+    overlapped: Option<f64>,
+    pulls: u64,
+}
+
+impl PullPace {
+    /// How long to wait for outstanding acks before the next pull (zero: pull now).
+    fn wait_limit(&mut self) -> Duration {
+        self.pulls += 1;
+        let probe = self.pulls % PACE_PROBE_EVERY == 0;
+        match (self.clear, self.overlapped) {
+            // Every PACE_PROBE_EVERY-th pull overlaps, to keep the overlapped cost measured.
+            (Some(c), Some(o)) if o > c && !probe => {
+                Duration::from_secs_f64(o - c).min(PACE_MAX_WAIT)
+            }
+            // Clear cost unknown (acks always outstanding, e.g. a pipeline whose sinks batch for
+            // longer than a pull takes): only every PACE_PROBE_EVERY-th pull waits, to measure it,
+            // so such a pipeline is never throttled to one pull per PACE_MAX_WAIT.
+            (None, Some(_)) if probe => PACE_MAX_WAIT,
+            _ => Duration::ZERO,
+        }
+    }
+
+    fn record(&mut self, overlapped: bool, took: Duration) {
+        let slot = if overlapped {
+            &mut self.overlapped
+        } else {
+            &mut self.clear
+        };
+        let t = took.as_secs_f64();
+        *slot = Some(slot.map_or(t, |avg| 0.8 * avg + 0.2 * t));
+    }
+}
+
 struct Shared {
     client: PubsubClient,
     settings: SourceSettings,
@@ -208,6 +269,12 @@ struct Shared {
     budget: Mutex<Budget>,
     freed: Notify,
     leases: Mutex<HashMap<u64, Lease>>,
+    /// Ack ids received whose `Acknowledge` / `ModifyAckDeadline(0)` has not returned yet.
+    unconfirmed: AtomicU64,
+    /// Signalled when `unconfirmed` drops to zero.
+    confirmed: Notify,
+    /// Pull pacing (unary pull against an emulator only).
+    pace: Option<Mutex<PullPace>>,
 }
 
 impl Shared {
@@ -217,6 +284,40 @@ impl Shared {
 
     fn lock_leases(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Lease>> {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ack or nack requests for `n` ids returned (successfully or not).
+    fn confirmed(&self, n: u64) {
+        let before = self
+            .unconfirmed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        if before <= n {
+            self.confirmed.notify_waiters();
+        }
+    }
+
+    /// Waits at most `limit` for every received ack id to be confirmed; true when some are still
+    /// outstanding (the next pull overlaps them).
+    async fn wait_confirmed(&self, limit: Duration) -> bool {
+        if limit.is_zero() {
+            return self.unconfirmed.load(Ordering::Acquire) > 0;
+        }
+        let wait = async {
+            loop {
+                let done = self.confirmed.notified();
+                tokio::pin!(done);
+                done.as_mut().enable();
+                if self.unconfirmed.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                done.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, wait).await;
+        self.unconfirmed.load(Ordering::Acquire) > 0
     }
 
     /// Waits until at least one message fits the budget; reserves up to `want` messages.
@@ -267,6 +368,7 @@ impl Shared {
         b.bytes += bytes;
         s.outstanding_bytes.store(b.bytes as u64, Ordering::Relaxed);
         drop(b);
+        self.unconfirmed.fetch_add(got as u64, Ordering::AcqRel);
         let now = s
             .outstanding_messages
             .fetch_add(got as u64, Ordering::Relaxed)
@@ -322,12 +424,20 @@ async fn unary_puller(shared: Arc<Shared>, tx: mpsc::Sender<Pulled>) {
     let per_pull = shared.settings.max_messages_per_pull as usize;
     let mut errors = 0u32;
     loop {
+        let overlapped = match &shared.pace {
+            Some(pace) => {
+                let limit = pace.lock().unwrap_or_else(|p| p.into_inner()).wait_limit();
+                shared.wait_confirmed(limit).await
+            }
+            None => false,
+        };
         let want = shared.reserve(per_pull).await;
         let req = PullRequest {
             subscription: shared.settings.subscription.clone(),
             max_messages: want as i32,
             ..Default::default()
         };
+        let started = Instant::now();
         match shared.client.subscriber().pull(req, no_retry()).await {
             Ok(resp) => {
                 errors = 0;
@@ -337,6 +447,11 @@ async fn unary_puller(shared: Arc<Shared>, tx: mpsc::Sender<Pulled>) {
                     shared.stats.0.empty_pulls.fetch_add(1, Ordering::Relaxed);
                     shared.unreserve(want);
                     continue;
+                }
+                if let Some(pace) = &shared.pace {
+                    pace.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .record(overlapped, started.elapsed());
                 }
                 let bytes = data_bytes(&msgs);
                 shared.received(want, msgs.len(), bytes);
@@ -444,6 +559,12 @@ async fn streaming_puller(shared: Arc<Shared>, tx: mpsc::Sender<Pulled>) {
 /// Sends ack ids in chunks, a few requests at a time, retrying transient failures.
 async fn acker(shared: Arc<Shared>, mut rx: mpsc::Receiver<AckWork>) {
     let chunk = shared.settings.ack_batch_size;
+    // A paced puller waits for these acks: send them at once.
+    let flush_after = if shared.pace.is_some() {
+        Duration::ZERO
+    } else {
+        ACK_FLUSH
+    };
     let mut ack: Vec<String> = Vec::new();
     let mut nack: Vec<String> = Vec::new();
     let mut rpcs = JoinSet::new();
@@ -456,7 +577,7 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::Receiver<AckWork>) {
         if !open && backlog == 0 && rpcs.is_empty() {
             return;
         }
-        let flush_at = oldest.map(|t| t + ACK_FLUSH);
+        let flush_at = oldest.map(|t| t + flush_after);
         tokio::select! {
             w = rx.recv(), if open && backlog < 4 * chunk => match w {
                 Some(w) => {
@@ -483,7 +604,7 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::Receiver<AckWork>) {
         }
         let now = tokio::time::Instant::now();
         let first = *oldest.get_or_insert(now);
-        let flush = !open || now >= first + ACK_FLUSH;
+        let flush = !open || now >= first + flush_after;
         while rpcs.len() < ACK_CONCURRENCY
             && (ack.len() >= chunk
                 || nack.len() >= chunk
@@ -510,6 +631,7 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::Receiver<AckWork>) {
                     (true, false) => s.nacked.fetch_add(n, Ordering::Relaxed),
                     (false, _) => s.ack_errors.fetch_add(n, Ordering::Relaxed),
                 };
+                shared.confirmed(n);
             });
         }
         oldest = if ack.is_empty() && nack.is_empty() {
@@ -639,6 +761,11 @@ impl Source for PubsubSource {
             budget: Mutex::new(Budget::default()),
             freed: Notify::new(),
             leases: Mutex::new(HashMap::new()),
+            unconfirmed: AtomicU64::new(0),
+            confirmed: Notify::new(),
+            pace: (settings.mode == ReceiveMode::Pull
+                && matches!(settings.endpoint, Endpoint::Emulator(_)))
+            .then(|| Mutex::new(PullPace::default())),
         });
         let metrics = ctx.metrics().clone();
         let (tx, mut rx) = mpsc::channel::<Pulled>(settings.concurrent_pulls * 2);
@@ -869,6 +996,39 @@ mod tests {
         );
         assert_eq!(parse_event_time("yesterday"), None);
         assert_eq!(parse_event_time("2021-05-24T20:21:34"), None);
+    }
+
+    #[test]
+    fn pace_waits_at_most_the_measured_overlap_cost() {
+        let mut p = PullPace::default();
+        // Nothing measured: pull at once.
+        assert_eq!(p.wait_limit(), Duration::ZERO);
+        p.record(false, Duration::from_millis(1));
+        p.record(true, Duration::from_millis(5));
+        let w = p.wait_limit();
+        assert!(
+            w > Duration::from_micros(3900) && w < Duration::from_micros(4100),
+            "{w:?}"
+        );
+        // Overlapping costs nothing extra (small backlog, real service): no wait.
+        let mut q = PullPace::default();
+        q.record(false, Duration::from_millis(3));
+        q.record(true, Duration::from_millis(2));
+        assert_eq!(q.wait_limit(), Duration::ZERO);
+        // Clear cost never measured (acks always outstanding): only every PACE_PROBE_EVERY-th pull
+        // waits, to measure it.
+        let mut u = PullPace::default();
+        u.record(true, Duration::from_millis(5));
+        let waits: Vec<Duration> = (0..PACE_PROBE_EVERY).map(|_| u.wait_limit()).collect();
+        assert!(waits[..waits.len() - 1].iter().all(|w| w.is_zero()));
+        assert_eq!(waits[waits.len() - 1], PACE_MAX_WAIT);
+        // Bounded, and every PACE_PROBE_EVERY-th pull does not wait.
+        let mut r = PullPace::default();
+        r.record(false, Duration::from_millis(1));
+        r.record(true, Duration::from_secs(2));
+        let waits: Vec<Duration> = (0..PACE_PROBE_EVERY).map(|_| r.wait_limit()).collect();
+        assert!(waits[..waits.len() - 1].iter().all(|w| *w == PACE_MAX_WAIT));
+        assert_eq!(waits[waits.len() - 1], Duration::ZERO);
     }
 
     #[test]
