@@ -1,4 +1,5 @@
-//! Cloud Storage object names: raw archive, processed Parquet, dead letters.
+//! Cloud Storage object names of dead letters (the raw and processed archives are named by the
+//! `invoices` pipeline's storage sinks, see `docs/storage-layout.md`).
 //!
 //! Every name is deterministic: a retried write of the same thing produces the same name, so it
 //! replaces the object instead of adding a duplicate. Partitions are Hive-style
@@ -10,10 +11,6 @@ use jiff::Timestamp;
 use crate::hash::sha256_hex;
 use crate::time::{push_padded, utc_date_hour};
 
-/// Prefix of the raw archive.
-pub const RAW_PREFIX: &str = "raw";
-/// Prefix of the processed (Parquet) archive.
-pub const PROCESSED_PREFIX: &str = "processed";
 /// Prefix of the dead letters.
 pub const DEAD_LETTER_PREFIX: &str = "dead-letter";
 
@@ -49,31 +46,6 @@ pub fn path_component(s: &str) -> String {
     }
 }
 
-/// Raw archive object of one record's exact bytes, partitioned by publish time:
-/// `raw/dt=YYYY-MM-DD/hour=HH/<sha256 of the bytes>.json`.
-///
-/// The same bytes published in the same hour map to the same object (exact duplicates collapse).
-pub fn raw_object_name(publish_time: Timestamp, raw: &[u8]) -> String {
-    format!(
-        "{}/{}.json",
-        partition(RAW_PREFIX, publish_time),
-        sha256_hex(raw)
-    )
-}
-
-/// Processed Parquet object of one event-time window and shard:
-/// `processed/<table>/dt=YYYY-MM-DD/hour=HH/part-<window start ms>-<shard, 5 digits>.parquet`.
-///
-/// The partition is the window start's (the emission time's) UTC date and hour.
-pub fn processed_object_name(table: &str, window_start: Timestamp, shard: u32) -> String {
-    let prefix = format!("{PROCESSED_PREFIX}/{}", path_component(table));
-    format!(
-        "{}/part-{}-{shard:05}.parquet",
-        partition(&prefix, window_start),
-        window_start.as_millisecond()
-    )
-}
-
 /// Dead-letter object of one record that failed at `stage`, partitioned by publish time:
 /// `dead-letter/dt=YYYY-MM-DD/hour=HH/stage=<stage>/<sha256 of the raw bytes>.json`.
 pub fn dead_letter_object_name(stage: &str, publish_time: Timestamp, raw: &[u8]) -> String {
@@ -93,24 +65,21 @@ mod tests {
     fn names_are_partitioned_and_deterministic() {
         let t: Timestamp = "2021-05-24T23:21:34.79Z".parse().unwrap();
         let raw = b"{\"NFeID\":1}";
-        let name = raw_object_name(t, raw);
-        assert!(name.starts_with("raw/dt=2021-05-24/hour=23/"), "{name}");
-        assert!(name.ends_with(".json"));
-        assert_eq!(name.len(), "raw/dt=2021-05-24/hour=23/".len() + 64 + 5);
-        assert_eq!(name, raw_object_name(t, raw));
-        assert_ne!(name, raw_object_name(t, b"{\"NFeID\":2}"));
-        assert_eq!(
-            processed_object_name("invoice_items", t, 3),
-            "processed/invoice_items/dt=2021-05-24/hour=23/part-1621898494790-00003.parquet"
-        );
         let dl = dead_letter_object_name("Validate", t, raw);
         assert!(
             dl.starts_with("dead-letter/dt=2021-05-24/hour=23/stage=validate/"),
             "{dl}"
         );
+        assert_eq!(
+            dl.len(),
+            "dead-letter/dt=2021-05-24/hour=23/stage=validate/".len() + 64 + 5
+        );
+        assert_eq!(dl, dead_letter_object_name("validate", t, raw));
+        assert_ne!(dl, dead_letter_object_name("validate", t, b"{\"NFeID\":2}"));
         assert_eq!(path_component("../x y"), "___x_y");
         assert_eq!(path_component(""), "unknown");
         let early: Timestamp = "2021-05-24T03:00:00Z".parse().unwrap();
-        assert!(raw_object_name(early, raw).starts_with("raw/dt=2021-05-24/hour=03/"));
+        assert!(dead_letter_object_name("validate", early, raw)
+            .starts_with("dead-letter/dt=2021-05-24/hour=03/"));
     }
 }

@@ -406,12 +406,10 @@ pub fn build(
                     allowed_lateness: s.allowed_lateness,
                 },
             );
-        routed
-            .main
-            .write("RawArchive", on_time, s.archive_batch.clone());
+        routed.main.write("RawArchive", on_time, s.archive_batch);
         routed
             .dead_letters
-            .write("RawArchiveLate", late, s.archive_batch.clone());
+            .write("RawArchiveLate", late, s.archive_batch);
     }
 
     let validated = messages
@@ -425,7 +423,7 @@ pub fn build(
         .flat_map("BigtableRows", move |inv: Arc<Invoice>| {
             bigtable_mutations(&layout, &inv)
         })
-        .write("Bigtable", sinks.bigtable, s.bigtable_batch.clone());
+        .write("Bigtable", sinks.bigtable, s.bigtable_batch);
 
     let (head, items): (Arc<str>, Arc<str>) = (
         Arc::from(nfe::bigquery::INVOICES.name),
@@ -436,7 +434,7 @@ pub fn build(
         .flat_map("BigQueryRows", move |inv: Arc<Invoice>| {
             bigquery_rows(&head, &items, &inv)
         })
-        .write("BigQuery", sinks.bigquery, s.bigquery_batch.clone());
+        .write("BigQuery", sinks.bigquery, s.bigquery_batch);
 
     if let Some(processed) = sinks.processed {
         invoices
@@ -445,7 +443,7 @@ pub fn build(
                     .map(|i| (inv.clone(), i))
                     .collect::<Vec<_>>()
             })
-            .write("ProcessedArchive", processed, s.archive_batch.clone());
+            .write("ProcessedArchive", processed, s.archive_batch);
     }
 
     let dead = validated
@@ -471,7 +469,7 @@ pub fn build(
     .write(
         "DeadLetterArchive",
         sinks.dead_letter_objects,
-        s.dead_letter_batch.clone(),
+        s.dead_letter_batch,
     );
     dead.map(
         "DeadLetterMessage",
@@ -480,7 +478,7 @@ pub fn build(
     .write(
         "DeadLetterTopic",
         sinks.dead_letter_topic,
-        s.dead_letter_batch.clone(),
+        s.dead_letter_batch,
     );
 }
 
