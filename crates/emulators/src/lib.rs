@@ -243,6 +243,9 @@ impl Instance {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
+            // Run in the log directory: bqemulator's DuckDB spills temporary files (gigabytes under
+            // load) into its working directory, which is then removed with the logs.
+            .current_dir(self.log.parent().unwrap_or(std::path::Path::new(".")))
             .process_group(0);
         let child = cmd.spawn().map_err(|source| Error::Spawn {
             service: self.service,
