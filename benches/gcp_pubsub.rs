@@ -17,6 +17,8 @@
 
 #[path = "common/ceiling.rs"]
 mod ceiling;
+#[path = "common/pubsub.rs"]
+mod pubsub_ceiling;
 
 use std::time::{Duration, Instant};
 
@@ -25,13 +27,13 @@ use emulators::{Emulators, Service};
 use fluxo::testing::{DiscardSink, GeneratorSource};
 use fluxo::{Pipeline, PipelineConfig, RunOptions, Shutdown, SinkConfig};
 use fluxo_gcp::pubsub::raw::proto::{
-    AcknowledgeRequest, PublishRequest, PubsubMessage as RawMessage, PullRequest,
-    StreamingPullRequest,
+    AcknowledgeRequest, PublishRequest, PubsubMessage as RawMessage, StreamingPullRequest,
 };
 use fluxo_gcp::pubsub::{
     PubsubClient, PubsubOut, PubsubSink, PubsubSinkConfig, PubsubSource, PubsubSourceConfig,
     ReceiveMode, SubscriptionOptions,
 };
+use pubsub_ceiling::raw_pull;
 
 const PAYLOAD: usize = 500;
 
@@ -69,44 +71,6 @@ async fn raw_publish(client: &PubsubClient, topic: &str, n: u64) -> Measured {
     }
     Measured {
         items: n,
-        elapsed: started.elapsed(),
-    }
-}
-
-async fn raw_pull(client: &PubsubClient, sub: &str, n: u64) -> Measured {
-    let subscription = client.subscription_path(sub).expect("subscription path");
-    let started = Instant::now();
-    let mut got = 0u64;
-    while got < n {
-        #[allow(deprecated)]
-        let req = PullRequest {
-            subscription: subscription.clone(),
-            max_messages: 1000,
-            return_immediately: false,
-        };
-        let msgs = client
-            .subscriber()
-            .pull(req, None)
-            .await
-            .expect("pull")
-            .into_inner()
-            .received_messages;
-        got += msgs.len() as u64;
-        let ack_ids = msgs.into_iter().map(|m| m.ack_id).collect();
-        client
-            .subscriber()
-            .acknowledge(
-                AcknowledgeRequest {
-                    subscription: subscription.clone(),
-                    ack_ids,
-                },
-                None,
-            )
-            .await
-            .expect("ack");
-    }
-    Measured {
-        items: got,
         elapsed: started.elapsed(),
     }
 }

@@ -18,6 +18,8 @@
 #[path = "common/ceiling.rs"]
 #[allow(dead_code)]
 mod ceiling;
+#[path = "common/pubsub.rs"]
+mod pubsub_ceiling;
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -31,15 +33,14 @@ use fluxo::{Pipeline, PipelineConfig, RunOptions, Shutdown, ShutdownSignal, Sink
 use fluxo_gcp::bigtable::raw::bigtable::BigTableConnection;
 use fluxo_gcp::bigtable::raw::google::bigtable::v2::MutateRowsRequest;
 use fluxo_gcp::bigtable::{BigtableSink, RowMutation};
-use fluxo_gcp::pubsub::raw::proto::{
-    AcknowledgeRequest, PublishRequest, PubsubMessage as RawMessage, PullRequest,
-};
+use fluxo_gcp::pubsub::raw::proto::{PublishRequest, PubsubMessage as RawMessage};
 use fluxo_gcp::pubsub::{Endpoint, PubsubClient, PubsubSource, PubsubSourceConfig};
 use fluxo_gcp::storage::{gzip, Location, StorageSource, StorageSourceConfig, Store, StoreOptions};
 use invoice_api::{Generator, GeneratorConfig};
 use invoices::config::{ConfigFile, Profile};
 use invoices::graph::{self, ArchivedMessage, Validate};
 use invoices::RunSettings;
+use pubsub_ceiling::raw_pull;
 
 const CHILD_ENV: &str = "FLUXO_BENCH_INVOICES_CHILD";
 
@@ -134,44 +135,6 @@ async fn publish_at(client: &PubsubClient, topic: &str, g: &Generator, rate: u64
         slice += 1;
         let due = started + Duration::from_millis(20) * slice;
         tokio::time::sleep_until(due.into()).await;
-    }
-}
-
-async fn raw_pull(client: &PubsubClient, sub: &str, n: u64) -> Measured {
-    let subscription = client.subscription_path(sub).expect("subscription");
-    let started = Instant::now();
-    let mut got = 0;
-    while got < n {
-        #[allow(deprecated)]
-        let req = PullRequest {
-            subscription: subscription.clone(),
-            max_messages: 1000,
-            return_immediately: false,
-        };
-        let msgs = client
-            .subscriber()
-            .pull(req, None)
-            .await
-            .expect("pull")
-            .into_inner()
-            .received_messages;
-        got += msgs.len() as u64;
-        let ack_ids = msgs.into_iter().map(|m| m.ack_id).collect();
-        client
-            .subscriber()
-            .acknowledge(
-                AcknowledgeRequest {
-                    subscription: subscription.clone(),
-                    ack_ids,
-                },
-                None,
-            )
-            .await
-            .expect("ack");
-    }
-    Measured {
-        items: got,
-        elapsed: started.elapsed(),
     }
 }
 
@@ -351,6 +314,27 @@ fn bigtable_batch() -> SinkConfig {
     }
 }
 
+/// Validate (the pipeline's DoFn) -> row step -> Bigtable, dead letters discarded.
+fn validate_into_bigtable(
+    messages: &fluxo::PCollection<fluxo_gcp::pubsub::PubsubMessage>,
+    layout: nfe::BigtableLayout,
+    sink: BigtableSink,
+) {
+    let validated = messages
+        .parallel(threads())
+        .par_do("Validate", validate_step());
+    validated
+        .main
+        .parallel(threads())
+        .flat_map("BigtableRows", move |inv: Arc<nfe::Invoice>| {
+            graph::bigtable_mutations(&layout, &inv)
+        })
+        .write("Bigtable", sink, bigtable_batch());
+    validated
+        .dead_letters
+        .write("Dead", DiscardSink, SinkConfig::default());
+}
+
 /// Pub/Sub -> Validate -> Bigtable (dead letters discarded): invoices per second until `n` acked.
 async fn core_path(p: &Profile, n: u64) -> (Measured, u64) {
     let source = PubsubSource::connect(&PubsubSourceConfig {
@@ -370,21 +354,7 @@ async fn core_path(p: &Profile, n: u64) -> (Measured, u64) {
         name: "core".into(),
         ..PipelineConfig::default()
     });
-    let validated = pipeline
-        .read("Pubsub", source)
-        .parallel(threads())
-        .par_do("Validate", validate_step());
-    let layout = p.layout;
-    validated
-        .main
-        .parallel(threads())
-        .flat_map("BigtableRows", move |inv: Arc<nfe::Invoice>| {
-            graph::bigtable_mutations(&layout, &inv)
-        })
-        .write("Bigtable", sink, bigtable_batch());
-    validated
-        .dead_letters
-        .write("Dead", DiscardSink, SinkConfig::default());
+    validate_into_bigtable(&pipeline.read("Pubsub", source), p.layout, sink);
     let stop = Shutdown::new();
     let signal = stop.signal();
     let started = Instant::now();
@@ -455,22 +425,10 @@ async fn replay_to_bigtable(p: &Profile, url: &str) -> Measured {
         .await
         .expect("bigtable");
     let pipeline = Pipeline::new("replay");
-    let validated = pipeline
+    let messages = pipeline
         .read("Archive", source)
-        .map("Message", ArchivedMessage::into_message)
-        .parallel(threads())
-        .par_do("Validate", validate_step());
-    let layout = p.layout;
-    validated
-        .main
-        .parallel(threads())
-        .flat_map("BigtableRows", move |inv: Arc<nfe::Invoice>| {
-            graph::bigtable_mutations(&layout, &inv)
-        })
-        .write("Bigtable", sink, bigtable_batch());
-    validated
-        .dead_letters
-        .write("Dead", DiscardSink, SinkConfig::default());
+        .map("Message", ArchivedMessage::into_message);
+    validate_into_bigtable(&messages, p.layout, sink);
     let started = Instant::now();
     let report = pipeline.run(RunOptions::default()).await.expect("replay");
     Measured {

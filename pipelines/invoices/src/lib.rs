@@ -162,7 +162,8 @@ fn sink_config(max_events: usize, delay_ms: u64, in_flight: usize) -> SinkConfig
     }
 }
 
-fn bigtable_config(p: &Profile) -> BigtableSinkConfig {
+/// The Bigtable data configuration of a profile (sink, query tool, benchmarks).
+pub fn bigtable_settings(p: &Profile) -> BigtableSinkConfig {
     BigtableSinkConfig {
         project: p.project.clone(),
         instance: p.bigtable_instance.clone(),
@@ -192,11 +193,6 @@ fn archive_sink_config(p: &Profile, naming: String) -> StorageSinkConfig {
         naming,
         ..StorageSinkConfig::new(p.archive_url.clone())
     }
-}
-
-/// The Bigtable data configuration of a profile (also used by the query tool).
-pub fn bigtable_settings(p: &Profile) -> BigtableSinkConfig {
-    bigtable_config(p)
 }
 
 /// Creates every resource of the profile, idempotently: the topics, the subscription (with the
@@ -231,7 +227,7 @@ pub async fn provision(p: &Profile) -> Result<(), Error> {
         }
     }
 
-    let bt = bigtable_config(p).validate()?;
+    let bt = bigtable_settings(p).validate()?;
     let admin = AdminClient::connect(&bt).await?;
     admin
         .provision_table(
@@ -280,7 +276,7 @@ async fn open_sinks(
     with_archives: bool,
     latency: Arc<Histogram>,
 ) -> Result<Sinks, Error> {
-    let bigtable = BigtableSink::connect(&bigtable_config(p)).await?;
+    let bigtable = BigtableSink::connect(&bigtable_settings(p)).await?;
     let bigquery = BigQuerySink::connect(&bigquery_config(p)).await?;
     let raw = if with_archives {
         let mk = |prefix: &str| {
