@@ -7,11 +7,12 @@
 //! 3. the core path Pub/Sub -> validate/enrich -> Bigtable only;
 //! 4. a replay of a raw archive on `file://` into Bigtable only, against the Bigtable ceiling;
 //! 5. publish-to-Bigtable latency of the whole pipeline at a fixed moderate publish rate;
-//! 6. peak RSS of a worker process over two backlog sizes.
+//! 6. peak RSS of a worker process doing the same work over a small and a large backlog.
 //!
 //! Run: `cargo bench --bench invoices`. Sizes: `FLUXO_BENCH_INVOICES` (default 50,000),
 //! `FLUXO_BENCH_INVOICES_REPLAY` (100,000), `FLUXO_BENCH_INVOICES_RATE` (latency run, invoices/s,
-//! 1,000), `FLUXO_BENCH_INVOICES_RSS` (larger backlog of the RSS run, 200,000). Tuning of the profile
+//! 1,000), `FLUXO_BENCH_INVOICES_RSS` (large backlog of the RSS run, 200,000),
+//! `FLUXO_BENCH_INVOICES_REPLAY_ROUNDS` (3). Tuning of the profile
 //! (`docs/invoices.md`): `FLUXO_BENCH_INVOICES_TUNING="processed_archive = false; bigquery_batch_rows = 4000"`.
 //! Only some phases: `FLUXO_BENCH_INVOICES_PHASES=whole,core` (of `whole,core,replay,latency,rss`).
 
@@ -475,6 +476,33 @@ async fn replay_to_bigtable_fused(p: &Profile, url: &str) -> Measured {
     }
 }
 
+/// Drops `p`'s Bigtable table, so cbtemulator (which keeps every table in memory) does not grow
+/// across phases.
+async fn drop_table(p: &Profile) {
+    let admin = fluxo_gcp::bigtable::AdminClient::connect(
+        &invoices::bigtable_settings(p)
+            .validate()
+            .expect("bigtable config"),
+    )
+    .await
+    .expect("bigtable admin");
+    admin
+        .delete_table(&p.bigtable_table)
+        .await
+        .expect("delete table");
+}
+
+/// The median of `v` (sorted in place).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -518,12 +546,13 @@ fn child() {
     );
 }
 
-/// Runs the whole pipeline in a child process over a backlog of `n` records; returns its peak RSS.
-async fn rss_run(project: &str, name: &str, archive: &str, n: u64) -> (u64, String) {
+/// Publishes a backlog of `backlog` records, then runs the whole pipeline in a child process until
+/// it has processed `n` of them; returns the child's peak RSS.
+async fn rss_run(project: &str, name: &str, archive: &str, backlog: u64, n: u64) -> (u64, String) {
     let p = profile(project, name, archive);
     invoices::provision(&p).await.expect("provision");
     let client = pubsub(project).await;
-    publish(&client, &p.topic, &generator(n, 99)).await;
+    publish(&client, &p.topic, &generator(backlog, 99)).await;
     let (name, archive) = (name.to_string(), archive.to_string());
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(std::env::current_exe().expect("exe"))
@@ -675,6 +704,7 @@ fn main() {
             invoices::provision(&k).await.expect("provision");
             publish(&client, &k.topic, &g).await;
             let (core, _) = core_path(&k, n).await;
+            drop_table(&k).await;
             println!(
                 "core path Pub/Sub -> validate/enrich -> Bigtable: {:.0} valid invoices/s ({} in {:.2} s); \
                  Pub/Sub ceiling {:.0}/s, Bigtable ceiling {:.0}/s",
@@ -686,41 +716,60 @@ fn main() {
             );
         }
         if phase("replay") {
-            // 4. Replay from file:// into Bigtable, against the Bigtable ceiling with the same rows.
+            // 4. Replay from file:// into Bigtable against the Bigtable ceiling with the same rows,
+            // in rounds (ceiling, pipeline, fused pipeline), each into a fresh table dropped after
+            // it: cbtemulator keeps every table in memory and slows down as it grows, so measuring
+            // in turn on an emulator of the same size keeps the ratio fair.
+            for done in [&c, &w] {
+                drop_table(done).await;
+            }
             let dir = std::env::temp_dir().join(format!("invoices-bench-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             let rg = generator(replay_n, 5);
             write_archive(&dir, &rg).await;
-            let r = profile(&project, "replay", &format!("file://{}", dir.display()));
-            invoices::provision(&r).await.expect("provision");
+            let url = format!("file://{}", dir.display());
             let replay_rows: Vec<RowMutation> = invoices_of(&rg)
                 .iter()
                 .flat_map(|i| graph::bigtable_mutations(&layout, i))
                 .collect();
             let replay_valid = replay_rows.len() as u64 / 2;
-            let r2 = profile(&project, "replayceiling", "gs://bench-ceiling");
-            invoices::provision(&r2).await.expect("provision");
-            let replay_ceiling = raw_bigtable(&r2, replay_rows).await;
-            let url = format!("file://{}", dir.display());
-            let replay = replay_to_bigtable(&r, &url).await;
-            assert_eq!(replay.items, replay_valid);
-            let ceiling = replay_ceiling.rate() / 2.0;
+            let rounds = env_count("INVOICES_REPLAY_ROUNDS", 3).max(1);
+            let (mut steps_ratio, mut fused_ratio) = (Vec::new(), Vec::new());
             println!(
-                "replay of {replay_n} archived records from file:// into Bigtable (pipeline steps: source decodes, \
-                 Validate DoFn, row step): {:.0} invoices/s vs Bigtable ceiling {ceiling:.0} invoices/s ({:.0} rows/s) = {:.0}%",
-                replay.rate(),
-                replay_ceiling.rate(),
-                100.0 * replay.rate() / ceiling
+                "\nreplay of {replay_n} archived records ({replay_valid} valid) from file:// into Bigtable, {rounds} rounds:"
             );
-            let f = profile(&project, "replayfused", &url);
-            invoices::provision(&f).await.expect("provision");
-            let fused = replay_to_bigtable_fused(&f, &url).await;
-            assert_eq!(fused.items, replay_valid);
+            println!("| round | Bigtable ceiling (invoices/s) | pipeline steps (invoices/s) | ratio | fused step (invoices/s) | ratio |");
+            println!("|---:|---:|---:|---:|---:|---:|");
+            for round in 1..=rounds {
+                let r = profile(&project, &format!("replayceiling{round}"), &url);
+                invoices::provision(&r).await.expect("provision");
+                let ceiling = raw_bigtable(&r, replay_rows.clone()).await.rate() / 2.0;
+                drop_table(&r).await;
+                let r = profile(&project, &format!("replay{round}"), &url);
+                invoices::provision(&r).await.expect("provision");
+                let steps = replay_to_bigtable(&r, &url).await;
+                assert_eq!(steps.items, replay_valid);
+                drop_table(&r).await;
+                let r = profile(&project, &format!("replayfused{round}"), &url);
+                invoices::provision(&r).await.expect("provision");
+                let fused = replay_to_bigtable_fused(&r, &url).await;
+                assert_eq!(fused.items, replay_valid);
+                drop_table(&r).await;
+                steps_ratio.push(100.0 * steps.rate() / ceiling);
+                fused_ratio.push(100.0 * fused.rate() / ceiling);
+                println!(
+                    "| {round} | {ceiling:.0} | {:.0} | {:.0}% | {:.0} | {:.0}% |",
+                    steps.rate(),
+                    steps_ratio[round as usize - 1],
+                    fused.rate(),
+                    fused_ratio[round as usize - 1]
+                );
+            }
             println!(
-                "replay of {replay_n} archived records from file:// into Bigtable (one fused decode+validate+encode \
-                 step): {:.0} invoices/s = {:.0}% of the Bigtable ceiling",
-                fused.rate(),
-                100.0 * fused.rate() / ceiling
+                "replay median: pipeline steps (source decodes, Validate DoFn, row step) {:.0}% of the Bigtable ceiling; \
+                 one fused decode+validate+encode step {:.0}%",
+                median(&mut steps_ratio),
+                median(&mut fused_ratio)
             );
             let _ = std::fs::remove_dir_all(&dir);
         }
@@ -746,6 +795,7 @@ fn main() {
             tokio::time::sleep(Duration::from_secs(1)).await;
             publish_at(&client, &l.topic, &lg, rate).await;
             let lat = runner.await.expect("latency run");
+            drop_table(&l).await;
             println!(
                 "latency at {rate} invoices/s for 15 s: publish->Bigtable p50 {:.1} ms, p99 {:.1} ms over {} rows",
                 lat.publish_to_bigtable.p50_ms.unwrap_or(f64::NAN),
@@ -754,11 +804,14 @@ fn main() {
             );
         }
         if phase("rss") {
-            // 6. Peak RSS of a worker process, two backlog sizes.
-            for (name, size) in [("rsssmall", n), ("rsslarge", rss_n)] {
-                let (kib, line) = rss_run(&project, name, &format!("gs://bench-{name}"), size).await;
+            // 6. Peak RSS of a worker process doing the same work (the first `n` records) over a
+            // backlog of `n` and over a backlog of `rss_n`: the difference is the backlog's cost.
+            for (name, backlog) in [("rsssmall", n), ("rsslarge", rss_n.max(n))] {
+                let (kib, line) =
+                    rss_run(&project, name, &format!("gs://bench-{name}"), backlog, n).await;
+                drop_table(&profile(&project, name, "gs://unused")).await;
                 println!(
-                    "peak RSS of a worker over a backlog of {size}: {:.0} MiB ({line})",
+                    "peak RSS of a worker stopped once {n} records were acknowledged, over a backlog of {backlog}: {:.0} MiB ({line})",
                     kib as f64 / 1024.0
                 );
             }

@@ -727,6 +727,12 @@ fn resolve(service: Service, options: &Options) -> Result<Launch, Error> {
                 envs: vec![
                     ("HOME".into(), venv.join("duckdb-home").into_os_string()),
                     ("PYTHONUNBUFFERED".into(), "1".into()),
+                    // bqemulator copies the whole table into a time-travel snapshot after every
+                    // insertAll and keeps the copies for 7 days by default: memory grows with the
+                    // square of a table's size (20 GB after ~1M streamed rows). With 0 days its
+                    // garbage collector drops the copies every minute. `FOR SYSTEM_TIME AS OF`
+                    // queries are then out of range, which nothing here uses.
+                    ("BQEMU_TIME_TRAVEL_RETENTION_DAYS".into(), "0".into()),
                 ],
             })
         }
