@@ -10,17 +10,21 @@
 //!                                                            └─ dead letters ─┬─> dead-letter/ (Cloud Storage)
 //!                                                                             └─> dead-letter topic (Pub/Sub)
 //! ```
+//!
+//! The replay ([`build_replay`]) reads raw-archive lines instead of messages: its Validate step
+//! ([`ValidateArchived`]) decodes each line back into the message it archived, and the raw archive
+//! is not written again; everything from Validate on is the same.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fluxo::{Data, DoFn, DoFnContext, PCollection, SinkConfig, Timestamp, Windowing};
+use fluxo::{Data, DoFn, DoFnContext, PCollection, SinkConfig, Tagged, Timestamp, Windowing};
 use fluxo_gcp::bigquery::{BigQuerySink, TableRow};
 use fluxo_gcp::bigtable::{BigtableSink, RowMutation, SetCell};
 use fluxo_gcp::pubsub::{PubsubMessage, PubsubOut, PubsubSink};
-use fluxo_gcp::storage::{ObjectKey, ParquetFormat, StorageSink, Value};
+use fluxo_gcp::storage::{ObjectKey, ParquetFormat, Record, StorageSink, Value};
 use nfe::{DeadLetter, ErrorCode, IngestMeta, Invoice, Issue, SourceMeta};
 use serde::{Deserialize, Serialize};
 
@@ -185,6 +189,36 @@ impl DoFn for Validate {
                 ctx.output(Arc::new(invoice.with_ingest(meta)));
             }
             Err(rejection) => ctx.dead_letter(self.dead(&m, rejection.issues)),
+        }
+    }
+}
+
+/// [`Validate`] for replays: decodes a raw-archive line (an [`ArchivedMessage`]) into the message it
+/// holds on the worker threads, then validates it as the streaming run does. Decoding here instead
+/// of in the storage source spreads the JSON work over the parallel workers and spares a step; a
+/// line that is not an archived message becomes a dead letter with the line's exact bytes.
+#[derive(Clone)]
+pub struct ValidateArchived(pub Validate);
+
+impl DoFn for ValidateArchived {
+    type In = Record;
+    type Out = Arc<Invoice>;
+    type Dead = Arc<DeadLetter>;
+
+    fn process(&mut self, line: Record, ctx: &mut DoFnContext<'_, Self::Out, Self::Dead>) {
+        match serde_json::from_slice::<ArchivedMessage>(line.as_ref()) {
+            Ok(m) => self.0.process(m.into_message(), ctx),
+            Err(e) => ctx.dead_letter(Arc::new(DeadLetter::new(
+                line.as_ref().to_vec(),
+                vec![Issue::new(
+                    ErrorCode::MalformedJson,
+                    "$",
+                    format!("raw archive line is not an archived message: {e}"),
+                )],
+                nfe::stage::VALIDATE,
+                SourceMeta::default(),
+                jiff::Timestamp::now(),
+            ))),
         }
     }
 }
@@ -392,11 +426,11 @@ pub struct Sinks {
 /// Adds every step after the source to the pipeline of `messages`.
 pub fn build(
     messages: &PCollection<PubsubMessage>,
-    sinks: Sinks,
+    mut sinks: Sinks,
     s: &GraphSettings,
     codes: crate::CodeCounts,
 ) {
-    if let Some((on_time, late)) = sinks.raw {
+    if let Some((on_time, late)) = sinks.raw.take() {
         let routed = messages
             .window_into("RawWindows", Windowing::fixed(s.raw_window))
             .parallel(s.parallelism)
@@ -415,6 +449,30 @@ pub fn build(
     let validated = messages
         .parallel(s.parallelism)
         .par_do("Validate", s.validate.clone());
+    fan_out(validated, sinks, s, codes);
+}
+
+/// The replay's graph over raw-archive lines: [`ValidateArchived`] (decode and validate, parallel),
+/// then the same steps as [`build`]. The raw archive is not written again (`sinks.raw` is ignored).
+pub fn build_replay(
+    lines: &PCollection<Record>,
+    sinks: Sinks,
+    s: &GraphSettings,
+    codes: crate::CodeCounts,
+) {
+    let validated = lines
+        .parallel(s.parallelism)
+        .par_do("Validate", ValidateArchived(s.validate.clone()));
+    fan_out(validated, sinks, s, codes);
+}
+
+/// Every step after validation: Bigtable, BigQuery, the processed archive and the dead letters.
+fn fan_out(
+    validated: Tagged<Arc<Invoice>, Arc<DeadLetter>>,
+    sinks: Sinks,
+    s: &GraphSettings,
+    codes: crate::CodeCounts,
+) {
     let invoices = validated.main;
 
     let layout = s.layout;
@@ -539,6 +597,65 @@ mod tests {
             rows[1].insert_id(),
             Some(&*format!("{}-1", nfe::bigquery::invoice_insert_id(&inv)))
         );
+    }
+
+    #[tokio::test]
+    async fn replayed_lines_validate_like_messages_and_bad_lines_become_dead_letters() {
+        use fluxo::testing::{CollectingSink, TestStream};
+        let validator = nfe::ValidationConfig::default().build().unwrap();
+        let m = message(
+            br#"{"CreateDate":"2021-05-24T20:21:34.79","EmissionDate":"2021-05-24T00:00:00",
+              "Discount":0.0,"NFeNumber":503,"NFeID":3,"ItemList":[
+              {"ProductName":"Beer","Value":9.00,"Quantity":6}]}"#,
+        );
+        let good = serde_json::to_vec(&ArchivedMessage::of(&m)).unwrap();
+        let bad = br#"{"message_id":"18","publish_time_micros":"#.to_vec();
+        let invalid =
+            serde_json::to_vec(&ArchivedMessage::of(&message(br#"{"NFeID":"x"}"#))).unwrap();
+
+        let p = fluxo::Pipeline::new("replay-lines");
+        let validated = p
+            .read(
+                "Lines",
+                TestStream::new().add_values(
+                    [good, bad.clone(), invalid]
+                        .into_iter()
+                        .map(|l| (Record::from(l), Timestamp::from_millis(0))),
+                ),
+            )
+            .par_do(
+                "Validate",
+                ValidateArchived(Validate::new(validator.clone(), None, None)),
+            );
+        let (main, invoices) = CollectingSink::new();
+        let (dead, dead_letters) = CollectingSink::new();
+        validated.main.write("Main", main, SinkConfig::default());
+        validated
+            .dead_letters
+            .write("Dead", dead, SinkConfig::default());
+        p.run(fluxo::RunOptions::default()).await.unwrap();
+
+        // The line replays as the message it archived: same invoice, same ingest metadata.
+        let invoices = invoices.values();
+        assert_eq!(invoices.len(), 1);
+        let expected = validator.process(&m.data).unwrap();
+        let mut got = (*invoices[0]).clone();
+        let ingest = got.ingest.take().unwrap();
+        assert_eq!(got, expected);
+        assert_eq!(ingest.message_id.as_deref(), Some("17"));
+        assert_eq!(ingest.publish_time, jiff_time(m.publish_time));
+
+        let dead = dead_letters.values();
+        assert_eq!(dead.len(), 2);
+        let unreadable = dead
+            .iter()
+            .find(|d| d.raw.0 == bad)
+            .expect("the unreadable line is a dead letter with its exact bytes");
+        assert_eq!(unreadable.issues[0].code, ErrorCode::MalformedJson);
+        assert!(unreadable.issues[0].message.contains("raw archive line"));
+        assert!(dead.iter().any(
+            |d| d.raw.0 == br#"{"NFeID":"x"}"# && d.source.message_id.as_deref() == Some("17")
+        ));
     }
 
     #[test]

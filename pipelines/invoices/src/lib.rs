@@ -521,20 +521,17 @@ pub async fn run_replay(
         prefix: prefix.unwrap_or(graph::RAW_PREFIX).to_string(),
         ..StorageSourceConfig::new(p.archive_url.clone())
     };
-    let source = StorageSource::<ArchivedMessage>::json(&source_config)?
-        .event_time(|m: &ArchivedMessage, _| fluxo::Timestamp::from_micros(m.publish_time_micros))
-        .open()
-        .await?;
+    // Lines are read as exact bytes and decoded by the parallel `Validate` step
+    // (`graph::ValidateArchived`), not by the source task.
+    let source = StorageSource::raw(&source_config)?.open().await?;
     let latency = Arc::new(Histogram::default());
     let sinks = open_sinks(p, false, latency.clone()).await?;
     let gs = graph_settings(p, settings.worker.clone())?;
     let codes = CodeCounts::default();
     let runnable = {
         let p_ = pipeline();
-        let messages = p_
-            .read("Archive", source)
-            .map("Message", ArchivedMessage::into_message);
-        graph::build(&messages, sinks, &gs, codes.clone());
+        let lines = p_.read("Archive", source);
+        graph::build_replay(&lines, sinks, &gs, codes.clone());
         p_.build()?
     };
     let engine = runnable
