@@ -169,6 +169,19 @@ impl DoFn for Validate {
     type Dead = Arc<DeadLetter>;
 
     fn process(&mut self, m: PubsubMessage, ctx: &mut DoFnContext<'_, Self::Out, Self::Dead>) {
+        let at = ctx.timestamp();
+        self.validate(m, at, ctx);
+    }
+}
+
+impl Validate {
+    /// Validates `m`; a valid invoice is emitted with event time `at`.
+    fn validate(
+        &self,
+        m: PubsubMessage,
+        at: Timestamp,
+        ctx: &mut DoFnContext<'_, Arc<Invoice>, Arc<DeadLetter>>,
+    ) {
         if let Some(first) = m.attributes.get(DUPLICATE_OF_ATTRIBUTE) {
             let issue = Issue::new(
                 ErrorCode::DuplicateId,
@@ -186,7 +199,7 @@ impl DoFn for Validate {
                     worker: self.worker.clone(),
                     version: self.version.clone(),
                 };
-                ctx.output(Arc::new(invoice.with_ingest(meta)));
+                ctx.output_at(Arc::new(invoice.with_ingest(meta)), at);
             }
             Err(rejection) => ctx.dead_letter(self.dead(&m, rejection.issues)),
         }
@@ -207,7 +220,12 @@ impl DoFn for ValidateArchived {
 
     fn process(&mut self, line: Record, ctx: &mut DoFnContext<'_, Self::Out, Self::Dead>) {
         match serde_json::from_slice::<ArchivedMessage>(line.as_ref()) {
-            Ok(m) => self.0.process(m.into_message(), ctx),
+            // The invoice keeps the publish time as its event time, as in the streaming run (the
+            // line's own is its object's hour), so the run report's latency means the same.
+            Ok(m) => {
+                let at = Timestamp::from_micros(m.publish_time_micros);
+                self.0.validate(m.into_message(), at, ctx)
+            }
             Err(e) => ctx.dead_letter(Arc::new(DeadLetter::new(
                 line.as_ref().to_vec(),
                 vec![Issue::new(
@@ -635,9 +653,12 @@ mod tests {
             .write("Dead", dead, SinkConfig::default());
         p.run(fluxo::RunOptions::default()).await.unwrap();
 
-        // The line replays as the message it archived: same invoice, same ingest metadata.
+        // The line replays as the message it archived: same invoice, same ingest metadata, and the
+        // publish time as event time.
+        let collected = invoices.elements();
+        assert_eq!(collected.len(), 1);
+        assert_eq!(collected[0].timestamp, m.publish_time);
         let invoices = invoices.values();
-        assert_eq!(invoices.len(), 1);
         let expected = validator.process(&m.data).unwrap();
         let mut got = (*invoices[0]).clone();
         let ingest = got.ingest.take().unwrap();
