@@ -729,9 +729,9 @@ fn resolve(service: Service, options: &Options) -> Result<Launch, Error> {
                     ("PYTHONUNBUFFERED".into(), "1".into()),
                     // bqemulator copies the whole table into a time-travel snapshot after every
                     // insertAll and keeps the copies for 7 days by default: memory grows with the
-                    // square of a table's size (20 GB after ~1M streamed rows). With 0 days its
-                    // garbage collector drops the copies every minute. `FOR SYSTEM_TIME AS OF`
-                    // queries are then out of range, which nothing here uses.
+                    // square of a table's size (19.9 GB after a few hundred thousand streamed rows).
+                    // With 0 days its garbage collector drops the copies every minute. `FOR
+                    // SYSTEM_TIME AS OF` queries are then out of range; nothing here uses them.
                     ("BQEMU_TIME_TRAVEL_RETENTION_DAYS".into(), "0".into()),
                 ],
             })
