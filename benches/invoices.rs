@@ -36,7 +36,9 @@ use fluxo_gcp::bigtable::raw::google::bigtable::v2::MutateRowsRequest;
 use fluxo_gcp::bigtable::{BigtableSink, RowMutation};
 use fluxo_gcp::pubsub::raw::proto::{PublishRequest, PubsubMessage as RawMessage};
 use fluxo_gcp::pubsub::{Endpoint, PubsubClient, PubsubSource, PubsubSourceConfig};
-use fluxo_gcp::storage::{gzip, Location, StorageSource, StorageSourceConfig, Store, StoreOptions};
+use fluxo_gcp::storage::{
+    gzip, Location, Record, StorageSource, StorageSourceConfig, Store, StoreOptions,
+};
 use invoice_api::{Generator, GeneratorConfig};
 use invoices::config::{ConfigFile, Profile};
 use invoices::graph::{self, ArchivedMessage, Validate, ValidateArchived};
@@ -412,9 +414,8 @@ async fn write_archive(dir: &std::path::Path, g: &Generator) {
     }
 }
 
-/// Raw archive on `file://` -> the replay's Validate step (decodes the archived line, validates;
-/// `graph::ValidateArchived`) -> row step -> Bigtable (dead letters discarded).
-async fn replay_to_bigtable(p: &Profile, url: &str) -> Measured {
+/// The raw archive's lines under `url` (exact bytes) and `p`'s Bigtable sink.
+async fn replay_ends(p: &Profile, url: &str) -> (StorageSource<Record>, BigtableSink) {
     let source = StorageSource::raw(&StorageSourceConfig {
         prefix: "raw".into(),
         ..StorageSourceConfig::new(url)
@@ -426,6 +427,13 @@ async fn replay_to_bigtable(p: &Profile, url: &str) -> Measured {
     let sink = BigtableSink::connect(&invoices::bigtable_settings(p))
         .await
         .expect("bigtable");
+    (source, sink)
+}
+
+/// Raw archive on `file://` -> the replay's Validate step (decodes the archived line, validates;
+/// `graph::ValidateArchived`) -> row step -> Bigtable (dead letters discarded).
+async fn replay_to_bigtable(p: &Profile, url: &str) -> Measured {
+    let (source, sink) = replay_ends(p, url).await;
     let pipeline = Pipeline::new("replay");
     let validated = pipeline
         .read("Archive", source)
@@ -444,24 +452,14 @@ async fn replay_to_bigtable(p: &Profile, url: &str) -> Measured {
 /// encodes the Bigtable rows -> Bigtable (invalid records dropped): the same work as
 /// [`replay_to_bigtable`] with one step instead of two (Validate, row step).
 async fn replay_to_bigtable_fused(p: &Profile, url: &str) -> Measured {
-    let source = StorageSource::raw(&StorageSourceConfig {
-        prefix: "raw".into(),
-        ..StorageSourceConfig::new(url)
-    })
-    .expect("source config")
-    .open()
-    .await
-    .expect("source");
-    let sink = BigtableSink::connect(&invoices::bigtable_settings(p))
-        .await
-        .expect("bigtable");
+    let (source, sink) = replay_ends(p, url).await;
     let validator = nfe::ValidationConfig::default().build().expect("validator");
     let layout = p.layout;
     let pipeline = Pipeline::new("replay-fused");
     pipeline
         .read("Archive", source)
         .parallel(threads())
-        .flat_map("Rows", move |r: fluxo_gcp::storage::Record| {
+        .flat_map("Rows", move |r: Record| {
             serde_json::from_slice::<ArchivedMessage>(r.as_bytes())
                 .ok()
                 .and_then(|m| validator.process(&m.data.0).ok())
