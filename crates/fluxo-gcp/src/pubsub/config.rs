@@ -16,6 +16,14 @@ pub const MAX_PULL_MESSAGES: u32 = 1000;
 pub const MAX_PUBLISH_MESSAGES: usize = 1000;
 /// Largest `Publish` request in bytes (API limit: 10 MB).
 pub const MAX_PUBLISH_BYTES: usize = 10_000_000;
+/// Most attributes on one message (API limit).
+pub const MAX_ATTRIBUTES: usize = 100;
+/// Longest attribute key in bytes (API limit).
+pub const MAX_ATTRIBUTE_KEY_BYTES: usize = 256;
+/// Longest attribute value in bytes (API limit).
+pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 1024;
+/// Longest ordering key in bytes (API limit).
+pub const MAX_ORDERING_KEY_BYTES: usize = 1024;
 /// Largest ack deadline Pub/Sub accepts, in seconds.
 pub const MAX_ACK_DEADLINE_SECS: u32 = 600;
 /// Smallest ack deadline Pub/Sub accepts, in seconds.

@@ -97,6 +97,18 @@ impl PubsubOut {
         self
     }
 
+    /// Adds an attribute whose value is clipped to Pub/Sub's value limit
+    /// ([`super::MAX_ATTRIBUTE_VALUE_BYTES`]) with a marker (see [`clip_attribute_value`]), for values
+    /// that come from data and may be long (cursors, error lists).
+    pub fn with_clipped_attribute(self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        let value = value.into();
+        let value = match clip_attribute_value(&value) {
+            std::borrow::Cow::Borrowed(_) => value,
+            std::borrow::Cow::Owned(v) => v,
+        };
+        self.with_attribute(key, value)
+    }
+
     /// Sets the ordering key.
     pub fn with_ordering_key(mut self, key: impl Into<String>) -> Self {
         self.ordering_key = Some(key.into());
@@ -111,6 +123,31 @@ impl Data for PubsubOut {
             + attributes_size(&self.attributes)
             + self.ordering_key.as_ref().map_or(0, String::len)
     }
+}
+
+/// `value` unchanged when it fits Pub/Sub's attribute value limit
+/// ([`super::MAX_ATTRIBUTE_VALUE_BYTES`]), else its longest prefix (cut at a character boundary)
+/// followed by the marker `...[+N bytes]` (N: the bytes cut off), the whole within the limit.
+pub fn clip_attribute_value(value: &str) -> std::borrow::Cow<'_, str> {
+    clip_to(value, super::MAX_ATTRIBUTE_VALUE_BYTES)
+}
+
+fn clip_to(value: &str, limit: usize) -> std::borrow::Cow<'_, str> {
+    if value.len() <= limit {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    // The marker's length depends on the number of bytes cut, which depends on the marker's length:
+    // size it for the largest possible cut (the whole value), then cut.
+    let room = limit.saturating_sub(format!("...[+{} bytes]", value.len()).len());
+    let mut end = room.min(value.len());
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!(
+        "{}...[+{} bytes]",
+        &value[..end],
+        value.len() - end
+    ))
 }
 
 /// How a value becomes a Pub/Sub message in [`super::PubsubSink`]. Implemented for [`PubsubOut`],
@@ -165,5 +202,32 @@ impl ToPubsub for Vec<u8> {
 impl ToPubsub for String {
     fn pubsub_data(&self) -> Bytes {
         Bytes::copy_from_slice(self.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clipped_values_fit_the_limit_and_say_what_was_cut() {
+        let limit = crate::pubsub::MAX_ATTRIBUTE_VALUE_BYTES;
+        assert_eq!(clip_attribute_value("short"), "short");
+        let exact = "x".repeat(limit);
+        assert_eq!(clip_attribute_value(&exact), exact.as_str());
+        for len in [limit + 1, limit + 7, 5 * limit, 1 << 20] {
+            // Multi-byte characters: the cut lands on a character boundary.
+            let v = "é".repeat(len / 2 + 1);
+            let c = clip_attribute_value(&v);
+            assert!(c.len() <= limit, "{} > {limit}", c.len());
+            let (head, marker) = c.split_once("...[+").unwrap();
+            assert!(v.starts_with(head));
+            let cut: usize = marker.trim_end_matches(" bytes]").parse().unwrap();
+            assert_eq!(head.len() + cut, v.len());
+        }
+        let out = PubsubOut::new("d").with_clipped_attribute("k", "y".repeat(5000));
+        // 1,024 bytes: 1,008 kept, then the 16-byte marker for the 3,992 cut.
+        assert_eq!(out.attributes["k"].len(), limit);
+        assert!(out.attributes["k"].ends_with("y...[+3992 bytes]"));
     }
 }

@@ -30,10 +30,11 @@ mod source;
 pub use client::{PublisherStub, PubsubClient, SubscriptionOptions};
 pub use config::{
     check_project, check_resource_id, Endpoint, PubsubSinkConfig, PubsubSourceConfig, ReceiveMode,
-    SinkSettings, SourceSettings, EMULATOR_ENV, MAX_ACK_DEADLINE_SECS, MAX_PUBLISH_BYTES,
+    SinkSettings, SourceSettings, EMULATOR_ENV, MAX_ACK_DEADLINE_SECS, MAX_ATTRIBUTES,
+    MAX_ATTRIBUTE_KEY_BYTES, MAX_ATTRIBUTE_VALUE_BYTES, MAX_ORDERING_KEY_BYTES, MAX_PUBLISH_BYTES,
     MAX_PUBLISH_MESSAGES, MAX_PULL_MESSAGES, MIN_ACK_DEADLINE_SECS,
 };
-pub use message::{PubsubMessage, PubsubOut, ToPubsub};
+pub use message::{clip_attribute_value, PubsubMessage, PubsubOut, ToPubsub};
 pub use sink::{PubsubError, PubsubSink};
 pub use source::{PubsubSource, PubsubSourceStats};
 

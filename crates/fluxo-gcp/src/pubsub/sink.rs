@@ -11,18 +11,16 @@ use gcloud_gax::grpc::Code;
 use gcloud_googleapis::pubsub::v1::{PublishRequest, PubsubMessage as RawMessage};
 
 use super::client::PubsubClient;
-use super::config::{PubsubSinkConfig, SinkSettings};
+use super::config::{
+    PubsubSinkConfig, SinkSettings, MAX_ATTRIBUTES, MAX_ATTRIBUTE_KEY_BYTES as MAX_ATTRIBUTE_KEY,
+    MAX_ATTRIBUTE_VALUE_BYTES as MAX_ATTRIBUTE_VALUE, MAX_ORDERING_KEY_BYTES as MAX_ORDERING_KEY,
+};
 use super::message::ToPubsub;
 use crate::error::{grpc_code_is_retriable, ConfigError};
 
 /// Protobuf framing counted per message and per attribute in the request size estimate.
 const MESSAGE_OVERHEAD: usize = 16;
 const ATTRIBUTE_OVERHEAD: usize = 8;
-/// Pub/Sub limits on one message.
-const MAX_ATTRIBUTES: usize = 100;
-const MAX_ATTRIBUTE_KEY: usize = 256;
-const MAX_ATTRIBUTE_VALUE: usize = 1024;
-const MAX_ORDERING_KEY: usize = 1024;
 
 /// A failed Pub/Sub operation.
 #[derive(Debug, Clone, thiserror::Error)]
