@@ -23,6 +23,9 @@ pub struct ValidationConfig {
     pub max_string_chars: usize,
     /// Deepest accepted nesting of arrays/objects. Default 32 (a record needs 3).
     pub max_depth: usize,
+    /// Most issues kept per rejected record; later ones are counted (`omitted`) but not described,
+    /// so a hostile record's dead letter stays small and cheap to build. Default 100.
+    pub max_issues: usize,
     /// Most significant fractional digits of `Value` and `Discount`. Default 4.
     pub max_value_fraction_digits: u32,
     /// Most significant fractional digits of `Quantity`. Default 4 (NF-e `qCom` has 4).
@@ -46,6 +49,7 @@ impl Default for ValidationConfig {
             max_items: 990,
             max_string_chars: 120,
             max_depth: 32,
+            max_issues: 100,
             max_value_fraction_digits: 4,
             max_quantity_fraction_digits: 4,
             emission_tolerance_secs: 3_900,
@@ -116,6 +120,7 @@ impl ValidationConfig {
             "must be 1..=1048576",
         )?;
         check("max_depth", self.max_depth, 3, 128, "must be 3..=128")?;
+        check("max_issues", self.max_issues, 1, 1000, "must be 1..=1000")?;
         check(
             "max_value_fraction_digits + max_quantity_fraction_digits",
             u64::from(self.max_value_fraction_digits)

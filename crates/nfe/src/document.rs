@@ -12,7 +12,7 @@
 
 use std::borrow::Cow;
 
-use crate::issue::{render_path, ErrorCode, Issue, Segment};
+use crate::issue::{render_path, ErrorCode, Issue, IssueList, Segment};
 
 /// One node of the tape.
 #[derive(Clone, Debug, PartialEq)]
@@ -53,9 +53,13 @@ impl Node<'_> {
 #[derive(Clone, Debug)]
 pub(crate) struct Document<'a> {
     nodes: Vec<Node<'a>>,
-    /// Non-fatal issues (invalid UTF-8 in strings, replaced by U+FFFD in the tape).
-    pub(crate) issues: Vec<Issue>,
+    /// Non-fatal issues (invalid UTF-8 in strings, replaced by U+FFFD in the tape), bounded.
+    pub(crate) issues: IssueList,
 }
+
+/// Issues kept by [`Document::parse`] (callers that report issues pass their own bound to
+/// [`Document::parse_bounded`]).
+const DEFAULT_MAX_ISSUES: usize = 100;
 
 /// Marker: parsing stopped; the fatal issue was pushed to the issue list.
 struct Fatal;
@@ -67,24 +71,53 @@ struct Parser<'a> {
     bytes: &'a [u8],
     pos: usize,
     nodes: Vec<Node<'a>>,
-    issues: Vec<Issue>,
+    issues: IssueList,
     max_depth: usize,
+    /// One frame per open container, innermost last: where the parser is, so that an issue's path
+    /// costs O(depth) to render (paths of many bad strings stay linear in the record's size).
+    frames: Vec<Frame>,
 }
 
+/// An open container and the child being parsed.
+#[derive(Clone, Copy)]
+struct Frame {
+    object: bool,
+    /// Arrays: index of the element being parsed (or the number of elements read). Objects: tape
+    /// index of the current member's key, or [`NO_KEY`] between members.
+    at: usize,
+}
+
+const NO_KEY: usize = usize::MAX;
+
 impl<'a> Document<'a> {
-    /// Parses one JSON value. On failure, returns every issue found up to the fatal one, which
-    /// is last ([`ErrorCode::MalformedJson`] or [`ErrorCode::NestingTooDeep`]).
-    pub(crate) fn parse(bytes: &'a [u8], max_depth: usize) -> Result<Document<'a>, Vec<Issue>> {
+    /// Parses one JSON value, keeping at most 100 issues. See [`Document::parse_bounded`].
+    pub(crate) fn parse(bytes: &'a [u8], max_depth: usize) -> Result<Document<'a>, IssueList> {
+        Document::parse_bounded(bytes, max_depth, DEFAULT_MAX_ISSUES)
+    }
+
+    /// Parses one JSON value. On failure, returns the issues found up to the fatal one, which is
+    /// last ([`ErrorCode::MalformedJson`] or [`ErrorCode::NestingTooDeep`]). At most `max_issues`
+    /// are kept; later ones are counted without building their paths.
+    pub(crate) fn parse_bounded(
+        bytes: &'a [u8],
+        max_depth: usize,
+        max_issues: usize,
+    ) -> Result<Document<'a>, IssueList> {
         let mut nodes = spare_tape();
         nodes.reserve(bytes.len() / 8 + 4);
         let mut p = Parser {
             bytes,
             pos: 0,
             nodes,
-            issues: Vec::new(),
+            issues: IssueList::new(max_issues),
             max_depth,
+            frames: SPARE_FRAMES.with(|f| f.take()),
         };
-        match p.document() {
+        let parsed = p.document();
+        let mut frames = std::mem::take(&mut p.frames);
+        frames.clear();
+        SPARE_FRAMES.with(|f| f.set(frames));
+        match parsed {
             Ok(()) => Ok(Document {
                 nodes: p.nodes,
                 issues: p.issues,
@@ -140,6 +173,11 @@ thread_local! {
     /// few kilobytes, above the allocator's small-size caches, and reuse keeps it in L1.
     static SPARE_TAPE: std::cell::Cell<Vec<Node<'static>>> =
         const { std::cell::Cell::new(Vec::new()) };
+}
+
+thread_local! {
+    /// The parser's frame stack, reused from record to record (no allocation per record).
+    static SPARE_FRAMES: std::cell::Cell<Vec<Frame>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Largest tape kept for reuse (in nodes; 32 bytes each).
@@ -213,48 +251,18 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
-    /// Path of the position being parsed, rebuilt from the partial tape: the containers still
-    /// open form a chain from the root, each the last child of the previous one. (Rebuilding
-    /// on demand keeps the hot path free of path bookkeeping.)
+    /// Path of the position being parsed, from the open containers' frames: O(depth).
     fn path_string(&self) -> String {
-        let nodes = &self.nodes;
-        let closed_end = |i: usize| match nodes.get(i) {
-            Some(Node::Array { end, .. }) | Some(Node::Object { end, .. }) => *end,
-            _ => i + 1,
-        };
-        let is_open = |i: usize| {
-            matches!(
-                nodes.get(i),
-                Some(Node::Array { len: OPEN, .. }) | Some(Node::Object { len: OPEN, .. })
-            )
-        };
-        let mut segs: Vec<Segment<'_>> = Vec::new();
-        let mut at = 0;
-        'chain: while is_open(at) {
-            let object = matches!(nodes.get(at), Some(Node::Object { .. }));
-            let mut child = at + 1;
-            let mut index = 0;
-            loop {
-                if object {
-                    let Some(Node::Key(key)) = nodes.get(child) else {
-                        break 'chain;
-                    };
-                    let value = child + 1;
-                    if value >= nodes.len() || is_open(value) {
-                        segs.push(Segment::Key(key.as_ref()));
-                        at = value;
-                        continue 'chain;
-                    }
-                    child = closed_end(value);
-                } else {
-                    if child >= nodes.len() || is_open(child) {
-                        segs.push(Segment::Index(index));
-                        at = child;
-                        continue 'chain;
-                    }
-                    child = closed_end(child);
-                    index += 1;
-                }
+        let mut segs: Vec<Segment<'_>> = Vec::with_capacity(self.frames.len());
+        for f in &self.frames {
+            if !f.object {
+                segs.push(Segment::Index(f.at));
+                continue;
+            }
+            match self.nodes.get(f.at) {
+                Some(Node::Key(key)) => segs.push(Segment::Key(key.as_ref())),
+                // Between members (or at a key): the path is the object itself.
+                _ => break,
             }
         }
         render_path("$", segs)
@@ -269,7 +277,7 @@ impl<'a> Parser<'a> {
         let message = format!("{what} at byte {} (found {found})", self.pos);
         let path = self.path_string();
         self.issues
-            .push(Issue::new(ErrorCode::MalformedJson, path, message));
+            .push_last(Issue::new(ErrorCode::MalformedJson, path, message));
         Fatal
     }
 
@@ -304,7 +312,7 @@ impl<'a> Parser<'a> {
             self.max_depth
         );
         self.issues
-            .push(Issue::new(ErrorCode::NestingTooDeep, path, message));
+            .push_last(Issue::new(ErrorCode::NestingTooDeep, path, message));
         Fatal
     }
 
@@ -314,6 +322,10 @@ impl<'a> Parser<'a> {
         }
         let at = self.nodes.len();
         self.nodes.push(Node::Object { len: OPEN, end: 0 });
+        self.frames.push(Frame {
+            object: true,
+            at: NO_KEY,
+        });
         self.pos += 1;
         self.skip_ws();
         let mut len = 0;
@@ -326,6 +338,7 @@ impl<'a> Parser<'a> {
                     return Err(self.malformed("expected a string key"));
                 }
                 let key = self.string(true)?;
+                self.set_frame(self.nodes.len());
                 self.nodes.push(Node::Key(key));
                 self.skip_ws();
                 if self.bytes.get(self.pos) != Some(&b':') {
@@ -333,6 +346,7 @@ impl<'a> Parser<'a> {
                 }
                 self.pos += 1;
                 self.value(depth)?;
+                self.set_frame(NO_KEY);
                 len += 1;
                 self.skip_ws();
                 match self.bytes.get(self.pos) {
@@ -349,7 +363,15 @@ impl<'a> Parser<'a> {
         if let Some(slot) = self.nodes.get_mut(at) {
             *slot = Node::Object { len, end };
         }
+        self.frames.pop();
         Ok(())
+    }
+
+    /// Records where the innermost open container is (see [`Frame::at`]).
+    fn set_frame(&mut self, at: usize) {
+        if let Some(f) = self.frames.last_mut() {
+            f.at = at;
+        }
     }
 
     fn array(&mut self, depth: usize) -> Result<(), Fatal> {
@@ -358,6 +380,10 @@ impl<'a> Parser<'a> {
         }
         let at = self.nodes.len();
         self.nodes.push(Node::Array { len: OPEN, end: 0 });
+        self.frames.push(Frame {
+            object: false,
+            at: 0,
+        });
         self.pos += 1;
         self.skip_ws();
         let mut len = 0;
@@ -365,8 +391,10 @@ impl<'a> Parser<'a> {
             self.pos += 1;
         } else {
             loop {
+                self.set_frame(len);
                 self.value(depth)?;
                 len += 1;
+                self.set_frame(len);
                 self.skip_ws();
                 match self.bytes.get(self.pos) {
                     Some(b',') => self.pos += 1,
@@ -382,6 +410,7 @@ impl<'a> Parser<'a> {
         if let Some(slot) = self.nodes.get_mut(at) {
             *slot = Node::Array { len, end };
         }
+        self.frames.pop();
         Ok(())
     }
 
@@ -441,6 +470,10 @@ impl<'a> Parser<'a> {
     }
 
     fn utf8_issue(&mut self, is_key: bool, detail: &str) {
+        if !self.issues.has_room() {
+            self.issues.count_omitted();
+            return;
+        }
         let path = self.path_string();
         let what = if is_key { "object key" } else { "string" };
         self.issues.push(Issue::new(
@@ -627,7 +660,7 @@ fn hex4(bytes: &[u8], at: usize) -> Option<u32> {
 mod tests {
     use super::*;
 
-    fn parse(s: &[u8]) -> Result<Document<'_>, Vec<Issue>> {
+    fn parse(s: &[u8]) -> Result<Document<'_>, IssueList> {
         Document::parse(s, 16)
     }
 
@@ -665,21 +698,22 @@ mod tests {
         let vals: Vec<_> = doc.elements(0).map(|i| doc.node(i).clone()).collect();
         assert_eq!(vals[0], Node::String(Cow::Owned("😀".into())));
         assert_eq!(vals[1], Node::String(Cow::Owned("\u{FFFD}x".into())));
-        assert_eq!(doc.issues.len(), 1);
-        assert_eq!(doc.issues[0].code, ErrorCode::InvalidUtf8);
-        assert_eq!(doc.issues[0].path, "$[1]");
+        assert_eq!(doc.issues.kept().len(), 1);
+        assert_eq!(doc.issues.kept()[0].code, ErrorCode::InvalidUtf8);
+        assert_eq!(doc.issues.kept()[0].path, "$[1]");
     }
 
     #[test]
     fn invalid_utf8_is_reported_at_its_path_and_parsing_goes_on() {
         let doc = parse(b"{\"ItemList\":[{\"ProductName\":\"a\xffb\"}]}").unwrap();
-        assert_eq!(doc.issues.len(), 1);
-        assert_eq!(doc.issues[0].path, "$.ItemList[0].ProductName");
+        assert_eq!(doc.issues.kept().len(), 1);
+        assert_eq!(doc.issues.kept()[0].path, "$.ItemList[0].ProductName");
     }
 
     #[test]
     fn syntax_errors_carry_path_and_offset() {
         let issues = parse(br#"{"ItemList":[{"Value": 1.}]}"#).unwrap_err();
+        let issues = issues.kept();
         assert_eq!(issues.len(), 1);
         assert_eq!(issues[0].code, ErrorCode::MalformedJson);
         assert_eq!(issues[0].path, "$.ItemList[0].Value");
@@ -705,7 +739,7 @@ mod tests {
         ] {
             let issues = parse(bad).unwrap_err();
             assert_eq!(
-                issues.last().unwrap().code,
+                issues.kept().last().unwrap().code,
                 ErrorCode::MalformedJson,
                 "{bad:?}"
             );
@@ -721,10 +755,45 @@ mod tests {
     }
 
     #[test]
+    fn paths_follow_the_position_in_arrays_and_objects() {
+        let path = |s: &[u8]| parse(s).unwrap_err().kept().last().unwrap().path.clone();
+        assert_eq!(path(b"[1 2]"), "$[1]");
+        assert_eq!(path(b"[[1],[2,x]]"), "$[1][1]");
+        assert_eq!(path(br#"{"a":{"b":[0,{"c":tru}]}}"#), "$.a.b[1].c");
+        assert_eq!(path(br#"{"a":1 "b":2}"#), "$");
+        assert_eq!(path(br#"{"a":[1],"b" 2}"#), "$.b");
+        assert_eq!(path(br#"{"a":{"x":1,}}"#), "$.a");
+    }
+
+    #[test]
+    fn many_bad_strings_keep_the_first_issues_and_count_all() {
+        let mut doc = String::from("[");
+        for i in 0..5_000 {
+            if i > 0 {
+                doc.push(',');
+            }
+            doc.push_str("\"\\ud800\"");
+        }
+        doc.push(']');
+        let parsed = Document::parse_bounded(doc.as_bytes(), 16, 10).unwrap();
+        assert_eq!(parsed.issues.total(), 5_000);
+        let kept = parsed.issues.kept();
+        assert_eq!(kept.len(), 10);
+        assert_eq!(kept[9].path, "$[9]");
+        // A fatal error after the limit is still the last issue reported.
+        let mut bad = doc.clone();
+        bad.pop();
+        let issues = Document::parse_bounded(bad.as_bytes(), 16, 10).unwrap_err();
+        assert_eq!(issues.total(), 5_001);
+        assert_eq!(issues.kept().len(), 10);
+        assert_eq!(issues.kept()[9].code, ErrorCode::MalformedJson);
+    }
+
+    #[test]
     fn depth_is_bounded() {
         let deep = "[".repeat(100_000);
         let issues = parse(deep.as_bytes()).unwrap_err();
-        assert_eq!(issues[0].code, ErrorCode::NestingTooDeep);
+        assert_eq!(issues.kept()[0].code, ErrorCode::NestingTooDeep);
         assert!(parse(b"[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]").is_ok());
         assert!(parse(b"[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]").is_err());
     }

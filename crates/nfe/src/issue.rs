@@ -91,6 +91,12 @@ error_codes! {
     EmissionAfterCreation => "NFE_EMISSION_AFTER_CREATION", "EmissionDate later than CreateDate + tolerance";
     /// The same `NFeID` appears more than once in one API page.
     DuplicateId => "NFE_DUPLICATE_ID", "NFeID repeated within one page";
+    /// A sink refused the record's data permanently (for example a row the store cannot accept);
+    /// the message names the sink and its error.
+    SinkRejected => "NFE_SINK_REJECTED", "a sink refused the record permanently";
+    /// The message was delivered more times than the pipeline's `max_delivery_attempts` guard
+    /// without being stored; the message carries the last failure seen.
+    DeliveryAttemptsExceeded => "NFE_DELIVERY_ATTEMPTS_EXCEEDED", "delivered more than the allowed number of times without being stored";
 }
 
 impl fmt::Display for ErrorCode {
@@ -104,6 +110,35 @@ impl fmt::Display for ErrorCode {
 #[error("unknown error code `{0}`")]
 pub struct UnknownErrorCode(pub String);
 
+/// Longest [`Issue::path`] kept, in bytes; [`Issue::new`] clips a longer one with a marker.
+pub const MAX_PATH_BYTES: usize = 512;
+/// Longest [`Issue::message`] kept, in bytes; [`Issue::new`] clips a longer one with a marker.
+pub const MAX_MESSAGE_BYTES: usize = 512;
+/// Longest object key rendered in a path, in characters (keys come from the data).
+const MAX_KEY_CHARS: usize = 64;
+
+/// `text` unchanged when it has at most `limit` bytes, else its longest prefix (cut at a character
+/// boundary) followed by `...[+N bytes]` (N: the bytes cut off), the whole within `limit`.
+pub fn clip_text(text: &str, limit: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= limit {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    // Size the marker for the largest possible cut, so the result never exceeds the limit.
+    let room = limit.saturating_sub(format!("...[+{} bytes]", text.len()).len());
+    let mut end = room.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}...[+{} bytes]", &text[..end], text.len() - end))
+}
+
+fn clipped(text: String, limit: usize) -> String {
+    match clip_text(&text, limit) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(c) => c,
+    }
+}
+
 /// One problem found in a record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Issue {
@@ -116,13 +151,20 @@ pub struct Issue {
 }
 
 impl Issue {
-    /// Builds an issue.
+    /// Builds an issue; a path or message longer than [`MAX_PATH_BYTES`] / [`MAX_MESSAGE_BYTES`] is
+    /// clipped with a marker, so no issue can grow with the record.
     pub fn new(code: ErrorCode, path: impl Into<String>, message: impl Into<String>) -> Self {
         Issue {
             code,
-            path: path.into(),
-            message: message.into(),
+            path: clipped(path.into(), MAX_PATH_BYTES),
+            message: clipped(message.into(), MAX_MESSAGE_BYTES),
         }
+    }
+
+    /// This issue with its path and message clipped to the limits (for issues built field by
+    /// field or read back from JSON).
+    pub fn clipped(self) -> Self {
+        Issue::new(self.code, self.path, self.message)
     }
 }
 
@@ -132,28 +174,115 @@ impl fmt::Display for Issue {
     }
 }
 
-/// A record that failed validation, with every problem found.
+/// A record that failed validation: its problems (at most the validator's `max_issues`) and how
+/// many more were found but not kept.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{} problem(s): {}", issues.len(), summary(issues))]
+#[error("{} problem(s): {}", self.total(), summary(issues, *omitted))]
 pub struct Rejection {
-    /// All problems, in document order where that is defined.
+    /// The problems kept, in document order where that is defined.
     pub issues: Vec<Issue>,
+    /// Problems found beyond the kept ones (counted, not described).
+    pub omitted: u64,
 }
 
 impl Rejection {
-    /// The codes of the issues, in order.
+    /// A rejection with these issues and none omitted.
+    pub fn new(issues: Vec<Issue>) -> Self {
+        Rejection { issues, omitted: 0 }
+    }
+
+    /// The codes of the kept issues, in order.
     pub fn codes(&self) -> Vec<ErrorCode> {
         self.issues.iter().map(|i| i.code).collect()
     }
+
+    /// Every problem found, kept or not.
+    pub fn total(&self) -> u64 {
+        self.issues.len() as u64 + self.omitted
+    }
 }
 
-fn summary(issues: &[Issue]) -> String {
+/// Issues of one record, bounded: the first `cap` are kept, later ones only counted. Keeps the cost
+/// and size of a hostile record's issue list constant whatever the record holds.
+#[derive(Clone, Debug)]
+pub(crate) struct IssueList {
+    kept: Vec<Issue>,
+    omitted: u64,
+    cap: usize,
+}
+
+impl IssueList {
+    pub(crate) fn new(cap: usize) -> Self {
+        IssueList {
+            kept: Vec::new(),
+            omitted: 0,
+            cap: cap.max(1),
+        }
+    }
+
+    /// True while another issue would be kept (callers skip building costly paths otherwise).
+    pub(crate) fn has_room(&self) -> bool {
+        self.kept.len() < self.cap
+    }
+
+    /// Keeps the issue, or counts it when the list is full.
+    pub(crate) fn push(&mut self, issue: Issue) {
+        if self.has_room() {
+            self.kept.push(issue);
+        } else {
+            self.omitted += 1;
+        }
+    }
+
+    /// Counts an issue that was not built (the list is full).
+    pub(crate) fn count_omitted(&mut self) {
+        self.omitted += 1;
+    }
+
+    /// Keeps the issue that ends parsing: it replaces the last kept one when the list is full (that
+    /// one is counted as omitted), so the reason parsing stopped is always reported.
+    pub(crate) fn push_last(&mut self, issue: Issue) {
+        if !self.has_room() {
+            self.kept.pop();
+            self.omitted += 1;
+        }
+        self.kept.push(issue);
+    }
+
+    /// The kept issues.
+    #[cfg(test)]
+    pub(crate) fn kept(&self) -> &[Issue] {
+        &self.kept
+    }
+
+    /// Issues found so far, kept or not.
+    pub(crate) fn total(&self) -> u64 {
+        self.kept.len() as u64 + self.omitted
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.total() == 0
+    }
+
+    pub(crate) fn into_rejection(self) -> Rejection {
+        Rejection {
+            issues: self.kept,
+            omitted: self.omitted,
+        }
+    }
+}
+
+fn summary(issues: &[Issue], omitted: u64) -> String {
     let mut out = String::new();
     for (i, issue) in issues.iter().enumerate() {
         if i > 0 {
             out.push_str("; ");
         }
         out.push_str(&issue.to_string());
+    }
+    if omitted > 0 {
+        use std::fmt::Write;
+        let _ = write!(out, "; and {omitted} more");
     }
     out
 }
@@ -184,7 +313,14 @@ pub(crate) fn render_path<'a>(
 }
 
 fn push_key(out: &mut String, key: &str) {
-    let simple = !key.is_empty()
+    // Keys come from the data: render at most MAX_KEY_CHARS of them, then say how much was cut.
+    let shown = key
+        .char_indices()
+        .nth(MAX_KEY_CHARS)
+        .map_or(key, |(at, _)| &key[..at]);
+    let cut = key.len() - shown.len();
+    let simple = cut == 0
+        && !key.is_empty()
         && key
             .bytes()
             .enumerate()
@@ -192,21 +328,24 @@ fn push_key(out: &mut String, key: &str) {
     if simple {
         out.push('.');
         out.push_str(key);
-    } else {
-        out.push_str("['");
-        for c in key.chars() {
-            match c {
-                '\'' => out.push_str("\\'"),
-                '\\' => out.push_str("\\\\"),
-                c if (c as u32) < 0x20 => {
-                    use std::fmt::Write;
-                    let _ = write!(out, "\\u{:04x}", c as u32);
-                }
-                c => out.push(c),
-            }
-        }
-        out.push_str("']");
+        return;
     }
+    use std::fmt::Write;
+    out.push_str("['");
+    for c in shown.chars() {
+        match c {
+            '\'' => out.push_str("\\'"),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    if cut > 0 {
+        let _ = write!(out, "...[+{cut} bytes]");
+    }
+    out.push_str("']");
 }
 
 /// Path helpers for the known fields.
@@ -242,5 +381,43 @@ mod tests {
         assert_eq!(p, "$.ItemList[2].Quantity");
         assert_eq!(render_path("$", [Segment::Key("a b'c")]), "$['a b\\'c']");
         assert_eq!(render_path("$", [Segment::Key("")]), "$['']");
+        // Long keys from the data are cut, saying how much.
+        let long = "k".repeat(1000);
+        assert_eq!(
+            render_path("$", [Segment::Key(&long)]),
+            format!("$['{}...[+936 bytes]']", "k".repeat(64))
+        );
+    }
+
+    #[test]
+    fn long_paths_and_messages_are_clipped_within_the_limits() {
+        let i = Issue::new(ErrorCode::MalformedJson, "$".repeat(5000), "m".repeat(5000));
+        assert!(i.path.len() <= MAX_PATH_BYTES && i.message.len() <= MAX_MESSAGE_BYTES);
+        assert!(i.path.ends_with("bytes]") && i.message.ends_with("bytes]"));
+        let short = Issue::new(ErrorCode::MalformedJson, "$.a", "short");
+        assert_eq!(
+            (short.path.as_str(), short.message.as_str()),
+            ("$.a", "short")
+        );
+        // Multi-byte text is cut on a character boundary.
+        let text = "é".repeat(300);
+        let c = clip_text(&text, 101);
+        assert!(c.len() <= 101 && c.starts_with('é'));
+    }
+
+    #[test]
+    fn issue_lists_keep_the_first_issues_and_count_the_rest() {
+        let issue = |n: usize| Issue::new(ErrorCode::InvalidUtf8, format!("$[{n}]"), "bad");
+        let mut list = IssueList::new(3);
+        for n in 0..10 {
+            list.push(issue(n));
+        }
+        list.push_last(Issue::new(ErrorCode::MalformedJson, "$", "stop"));
+        assert_eq!(list.total(), 11);
+        let r = list.into_rejection();
+        assert_eq!(r.issues.len(), 3);
+        assert_eq!(r.omitted, 8);
+        assert_eq!(r.issues[2].code, ErrorCode::MalformedJson);
+        assert!(r.to_string().ends_with("; and 8 more"), "{r}");
     }
 }

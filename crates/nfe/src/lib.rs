@@ -32,6 +32,7 @@ mod dead_letter;
 mod document;
 mod enrich;
 mod hash;
+mod intake;
 mod issue;
 pub mod money;
 mod page;
@@ -42,10 +43,16 @@ mod validate;
 
 pub use bigtable::{BigtableLayout, Cell, Row, RowRange};
 pub use config::{ConfigError, ValidationConfig};
-pub use dead_letter::{stage, DeadLetter, RawBytes, SourceMeta};
+pub use dead_letter::{
+    stage, DeadLetter, DeadLetterMessage, RawBytes, SourceMeta, RAW_PREFIX_BYTES,
+    SHORT_FORM_MAX_BYTES, SHORT_FORM_MAX_ISSUES,
+};
 pub use enrich::{enrich, normalize_product_name, IngestMeta, Invoice, Line, ProductName};
 pub use hash::ContentHash;
-pub use issue::{ErrorCode, Issue, Rejection, UnknownErrorCode};
+pub use intake::{Delivery, Intake, PreviousFailure};
+pub use issue::{
+    clip_text, ErrorCode, Issue, Rejection, UnknownErrorCode, MAX_MESSAGE_BYTES, MAX_PATH_BYTES,
+};
 pub use money::Totals;
 pub use page::{split_page, Page, PageError, PageRecord};
 pub use source::{field, SourceInvoice, SourceItem};
@@ -55,6 +62,6 @@ pub use validate::{ValidRecord, Validator};
 /// Content hash of arbitrary JSON bytes (the same canonical form as records), or the parse
 /// issues. Useful to compare two spellings of a record.
 pub fn content_hash_of(json: &[u8]) -> Result<ContentHash, Rejection> {
-    let doc = document::Document::parse(json, 128).map_err(|issues| Rejection { issues })?;
+    let doc = document::Document::parse(json, 128).map_err(issue::IssueList::into_rejection)?;
     Ok(hash::content_hash(&doc))
 }

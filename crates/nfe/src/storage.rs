@@ -49,11 +49,20 @@ pub fn path_component(s: &str) -> String {
 /// Dead-letter object of one record that failed at `stage`, partitioned by publish time:
 /// `dead-letter/dt=YYYY-MM-DD/hour=HH/stage=<stage>/<sha256 of the raw bytes>.json`.
 pub fn dead_letter_object_name(stage: &str, publish_time: Timestamp, raw: &[u8]) -> String {
+    dead_letter_object_name_by_hash(stage, publish_time, &sha256_hex(raw))
+}
+
+/// [`dead_letter_object_name`] from the raw bytes' SHA-256 (64 lowercase hex digits).
+pub fn dead_letter_object_name_by_hash(
+    stage: &str,
+    publish_time: Timestamp,
+    raw_sha256: &str,
+) -> String {
     format!(
         "{}/stage={}/{}.json",
         partition(DEAD_LETTER_PREFIX, publish_time),
         path_component(stage),
-        sha256_hex(raw)
+        raw_sha256.to_ascii_lowercase()
     )
 }
 

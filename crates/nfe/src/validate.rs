@@ -8,7 +8,7 @@ use crate::config::ValidationConfig;
 use crate::document::{Document, Node};
 use crate::enrich::{enrich, Invoice};
 use crate::hash::{content_hash, ContentHash};
-use crate::issue::{item_path, ErrorCode, Issue, Rejection};
+use crate::issue::{item_path, ErrorCode, Issue, IssueList, Rejection};
 use crate::money::{clip, decimal_from_json_number, parse_id, NumberError, Totals, TotalsError};
 use crate::source::{field, SourceInvoice, SourceItem};
 use crate::time::{parse_moment, Moment, TimeError};
@@ -47,7 +47,7 @@ enum Slot {
 impl Slot {
     /// The node of a present field; a missing one adds its issue (a duplicated one already has its
     /// issue from the key scan).
-    fn present(self, name: &str, issues: &mut Vec<Issue>) -> Option<usize> {
+    fn present(self, name: &str, issues: &mut IssueList) -> Option<usize> {
         match self {
             Slot::Absent => {
                 issues.push(missing(At::Root(name), name));
@@ -75,7 +75,7 @@ fn slots<const N: usize>(
     object: usize,
     names: &[&str; N],
     path_of: impl Fn(&str) -> String,
-    issues: &mut Vec<Issue>,
+    issues: &mut IssueList,
 ) -> [Slot; N] {
     let mut out = [Slot::Absent; N];
     for (key, value) in doc.members(object) {
@@ -183,25 +183,23 @@ impl Validator {
     /// moments; enrichment only reads those).
     fn check(&self, raw: &[u8]) -> Result<ValidRecord, Rejection> {
         if raw.len() > self.config.max_record_bytes {
-            return Err(Rejection {
-                issues: vec![Issue::new(
-                    ErrorCode::RecordTooLarge,
-                    "$",
-                    format!(
-                        "record is {} bytes; the limit is {} (max_record_bytes)",
-                        raw.len(),
-                        self.config.max_record_bytes
-                    ),
-                )],
-            });
+            return Err(Rejection::new(vec![Issue::new(
+                ErrorCode::RecordTooLarge,
+                "$",
+                format!(
+                    "record is {} bytes; the limit is {} (max_record_bytes)",
+                    raw.len(),
+                    self.config.max_record_bytes
+                ),
+            )]));
         }
-        let mut doc =
-            Document::parse(raw, self.config.max_depth).map_err(|issues| Rejection { issues })?;
-        let mut issues = std::mem::take(&mut doc.issues);
+        let mut doc = Document::parse_bounded(raw, self.config.max_depth, self.config.max_issues)
+            .map_err(IssueList::into_rejection)?;
+        let mut issues = std::mem::replace(&mut doc.issues, IssueList::new(1));
         let root = doc.node(0);
         if !matches!(root, Node::Object { .. }) {
             issues.push(wrong_type("$".to_owned(), "an object", root));
-            return Err(Rejection { issues });
+            return Err(issues.into_rejection());
         }
         let [create, emission, discount, number, id, items] =
             slots(&doc, 0, &ROOT_FIELDS, root_path, &mut issues);
@@ -279,7 +277,7 @@ impl Validator {
                 totals,
                 content_hash: content_hash(&doc),
             }),
-            _ => Err(Rejection { issues }),
+            _ => Err(issues.into_rejection()),
         }
     }
 
@@ -288,7 +286,7 @@ impl Validator {
         doc: &Document<'_>,
         slot: Slot,
         name: &str,
-        issues: &mut Vec<Issue>,
+        issues: &mut IssueList,
     ) -> Option<Moment> {
         let path = At::Root(name);
         let at = slot.present(name, issues)?;
@@ -329,7 +327,7 @@ impl Validator {
         doc: &Document<'_>,
         slot: Slot,
         name: &str,
-        issues: &mut Vec<Issue>,
+        issues: &mut IssueList,
     ) -> Option<i64> {
         let path = At::Root(name);
         let at = slot.present(name, issues)?;
@@ -351,7 +349,7 @@ impl Validator {
         at: usize,
         path: At<'p>,
         max_fraction_digits: u32,
-        issues: &mut Vec<Issue>,
+        issues: &mut IssueList,
     ) -> Option<(Decimal, At<'p>)> {
         match doc.node(at) {
             Node::Number(text) => match decimal_from_json_number(text, max_fraction_digits) {
@@ -368,7 +366,7 @@ impl Validator {
         }
     }
 
-    fn discount(&self, doc: &Document<'_>, slot: Slot, issues: &mut Vec<Issue>) -> Option<Decimal> {
+    fn discount(&self, doc: &Document<'_>, slot: Slot, issues: &mut IssueList) -> Option<Decimal> {
         let path = At::Root(field::DISCOUNT);
         let at = slot.present(field::DISCOUNT, issues)?;
         let (d, path) =
@@ -388,7 +386,7 @@ impl Validator {
         &self,
         doc: &Document<'_>,
         slot: Slot,
-        issues: &mut Vec<Issue>,
+        issues: &mut IssueList,
     ) -> Option<Vec<SourceItem>> {
         let path = At::Root(field::ITEM_LIST);
         let at = slot.present(field::ITEM_LIST, issues)?;
@@ -418,14 +416,14 @@ impl Validator {
             ));
             return None;
         }
-        let before = issues.len();
+        let before = issues.total();
         let mut out = Vec::with_capacity(len);
         for (i, el) in doc.elements(at).enumerate() {
             if let Some(item) = self.item(doc, i, el, issues) {
                 out.push(item);
             }
         }
-        (issues.len() == before && out.len() == len).then_some(out)
+        (issues.total() == before && out.len() == len).then_some(out)
     }
 
     fn item(
@@ -433,7 +431,7 @@ impl Validator {
         doc: &Document<'_>,
         index: usize,
         at: usize,
-        issues: &mut Vec<Issue>,
+        issues: &mut IssueList,
     ) -> Option<SourceItem> {
         let node = doc.node(at);
         if !matches!(node, Node::Object { .. }) {
