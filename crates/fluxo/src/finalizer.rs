@@ -7,7 +7,10 @@
 //! source receives the per-element [`Status`] list through [`AckReceiver`] and can ack or nack upstream.
 //!
 //! The design keeps the per-element cost to a few atomic operations and no allocation: all elements of one
-//! source batch share a single allocation holding one slot (reference count + status) per element.
+//! source batch share a single allocation holding one slot (reference count + status) per element. A copy
+//! that fails may also say why ([`Finalizer::fail`]); reasons live in a side list touched only on failure,
+//! and reach the source with [`AckReceiver::wait_outcomes`] (a Pub/Sub source uses them to dead-letter a
+//! message a sink refused, instead of redelivering it forever).
 
 use std::cell::Cell;
 use std::future::Future;
@@ -98,10 +101,33 @@ struct Slot {
     status: AtomicU8,
 }
 
+/// Why an element failed, as reported by the step or sink that failed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Index of the element in its acknowledgement batch.
+    pub index: usize,
+    /// The failure's status ([`Status::Errored`] or [`Status::Rejected`]).
+    pub status: Status,
+    /// What failed (for sinks: `<sink label>: <error>`).
+    pub reason: std::sync::Arc<str>,
+}
+
+/// Every element's outcome of an acknowledgement batch: statuses in hand-out order, and the reasons
+/// reported for failed elements (at most one per element: the one of its worst status, first come).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcomes {
+    /// One status per element.
+    pub statuses: Vec<Status>,
+    /// Reasons of failed elements, in no particular order.
+    pub failures: Vec<Failure>,
+}
+
 struct Shared {
     slots: Box<[Slot]>,
     pending: AtomicUsize,
-    notify: Mutex<Option<oneshot::Sender<Vec<Status>>>>,
+    notify: Mutex<Option<oneshot::Sender<Outcomes>>>,
+    /// Reasons of failed copies, by slot; touched only on failure.
+    failures: Mutex<Vec<Failure>>,
 }
 
 impl Shared {
@@ -112,18 +138,37 @@ impl Shared {
                 .iter()
                 .map(|s| Status::from_u8(s.status.load(Ordering::Acquire)))
                 .collect();
+            let failures =
+                std::mem::take(&mut *self.failures.lock().unwrap_or_else(|p| p.into_inner()));
             let sender = self.notify.lock().unwrap_or_else(|p| p.into_inner()).take();
             if let Some(tx) = sender {
                 // The receiver may have gone away (the source stopped waiting); nothing to do then.
-                let _ = tx.send(statuses);
+                let _ = tx.send(Outcomes { statuses, failures });
             }
+        }
+    }
+
+    fn record_failure(&self, idx: u32, status: Status, reason: &std::sync::Arc<str>) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let index = idx as usize;
+        match failures.iter_mut().find(|f| f.index == index) {
+            Some(f) if status > f.status => {
+                f.status = status;
+                f.reason = reason.clone();
+            }
+            Some(_) => {}
+            None => failures.push(Failure {
+                index,
+                status,
+                reason: reason.clone(),
+            }),
         }
     }
 }
 
 /// Resolves to the per-element statuses of an acknowledgement batch, in the order the finalizers were handed out.
 pub struct AckReceiver {
-    rx: oneshot::Receiver<Vec<Status>>,
+    rx: oneshot::Receiver<Outcomes>,
     len: usize,
 }
 
@@ -142,6 +187,7 @@ pub fn ack_batch(len: usize) -> (Vec<Finalizer>, AckReceiver) {
         slots,
         pending: AtomicUsize::new(len),
         notify: Mutex::new(Some(tx)),
+        failures: Mutex::new(Vec::new()),
     });
     if len == 0 {
         if let Some(tx) = shared
@@ -150,7 +196,7 @@ pub fn ack_batch(len: usize) -> (Vec<Finalizer>, AckReceiver) {
             .unwrap_or_else(|p| p.into_inner())
             .take()
         {
-            let _ = tx.send(Vec::new());
+            let _ = tx.send(Outcomes::default());
         }
     }
     let finalizers = (0..len as u32)
@@ -177,9 +223,17 @@ impl AckReceiver {
     /// crash, an aborted run), the missing outcomes are reported as [`Status::Errored`] so the source
     /// never acknowledges an element that was not delivered.
     pub async fn wait(self) -> Vec<Status> {
+        self.wait_outcomes().await.statuses
+    }
+
+    /// [`AckReceiver::wait`] with the reasons of the failed elements.
+    pub async fn wait_outcomes(self) -> Outcomes {
         match self.rx.await {
-            Ok(statuses) => statuses,
-            Err(_) => vec![Status::Errored; self.len],
+            Ok(outcomes) => outcomes,
+            Err(_) => Outcomes {
+                statuses: vec![Status::Errored; self.len],
+                failures: Vec::new(),
+            },
         }
     }
 }
@@ -200,6 +254,14 @@ impl Finalizer {
     pub fn update(&self, status: Status) {
         if status != Status::Delivered {
             self.slot().status.fetch_max(status as u8, Ordering::AcqRel);
+        }
+    }
+
+    /// Records a failure of this copy with its reason (see [`AckReceiver::wait_outcomes`]).
+    pub fn fail(&self, status: Status, reason: &Arc<str>) {
+        if status != Status::Delivered {
+            self.update(status);
+            self.shared.record_failure(self.idx, status, reason);
         }
     }
 }
@@ -253,6 +315,15 @@ impl Finalizers {
             Finalizers::None => {}
             Finalizers::One(f) => f.update(status),
             Finalizers::Many(fs) => fs.iter().for_each(|f| f.update(status)),
+        }
+    }
+
+    /// Records a failure with its reason on every finalizer held.
+    pub fn fail(&self, status: Status, reason: &Arc<str>) {
+        match self {
+            Finalizers::None => {}
+            Finalizers::One(f) => f.fail(status, reason),
+            Finalizers::Many(fs) => fs.iter().for_each(|f| f.fail(status, reason)),
         }
     }
 
@@ -346,6 +417,36 @@ mod tests {
         drop(fut);
         drop(done);
         assert_eq!(rx.wait().await, vec![Status::Delivered, Status::Errored]);
+    }
+
+    #[tokio::test]
+    async fn failure_reasons_reach_the_receiver_worst_first() {
+        let (fins, rx) = ack_batch(3);
+        let mut fins = fins.into_iter();
+        let (a, b, c) = (
+            fins.next().unwrap(),
+            fins.next().unwrap(),
+            fins.next().unwrap(),
+        );
+        let b2 = b.clone();
+        b.fail(Status::Errored, &Arc::from("Bigtable: timed out"));
+        b2.fail(Status::Rejected, &Arc::from("BigQuery: invalid row"));
+        b2.fail(Status::Errored, &Arc::from("later, milder"));
+        c.update(Status::Errored);
+        drop((a, b, b2, c));
+        let out = rx.wait_outcomes().await;
+        assert_eq!(
+            out.statuses,
+            vec![Status::Delivered, Status::Rejected, Status::Errored]
+        );
+        assert_eq!(
+            out.failures,
+            vec![Failure {
+                index: 1,
+                status: Status::Rejected,
+                reason: Arc::from("BigQuery: invalid row"),
+            }]
+        );
     }
 
     #[tokio::test]

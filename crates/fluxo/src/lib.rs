@@ -53,7 +53,7 @@ pub use channel::{BufferConfig, Watermark};
 pub use combine::{CombineFn, Count, Reduce, Sum, ToList};
 pub use element::{Data, Element, PaneInfo, Timestamp, Timing, Window};
 pub use elementwise::{BundleContext, DoFn, DoFnContext};
-pub use finalizer::{ack_batch, AckReceiver, Finalizer, Finalizers, Status};
+pub use finalizer::{ack_batch, AckReceiver, Failure, Finalizer, Finalizers, Outcomes, Status};
 pub use metrics::Metrics;
 pub use pipeline::{
     PCollection, PTransform, Parallel, Pipeline, PipelineConfig, PipelineError, RunOptions,

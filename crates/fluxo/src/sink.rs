@@ -266,8 +266,9 @@ async fn write_with_retry<T: Data, S: Sink<T>>(
                     };
                     tracing::warn!(sink = %label, error = %e, elements = pending.batch.len(), attempts = attempt + 1, ?status, "sink write failed");
                     metrics.failed.inc_by(pending.batch.len() as u64);
+                    let reason: Arc<str> = Arc::from(format!("{label}: {e}"));
                     for f in &pending.finalizers {
-                        f.update(status);
+                        f.fail(status, &reason);
                     }
                     return;
                 }
@@ -289,11 +290,12 @@ async fn write_with_retry<T: Data, S: Sink<T>>(
                     retry_idx[*i] = true;
                 } else {
                     given_up += 1;
-                    f.update(if e.is_retriable() {
+                    let status = if e.is_retriable() {
                         Status::Errored
                     } else {
                         Status::Rejected
-                    });
+                    };
+                    f.fail(status, &Arc::from(format!("{label}: {e}")));
                     tracing::warn!(sink = %label, error = %e, "sink rejected an element");
                 }
             }

@@ -31,6 +31,22 @@ pub struct PubsubMessage {
     pub ordering_key: String,
     /// Delivery attempt, counted by Pub/Sub only when the subscription has a dead-letter policy.
     pub delivery_attempt: Option<u32>,
+    /// What this worker saw happen to earlier deliveries of this message, when it remembers any
+    /// (see [`DeliveryHistory`]).
+    pub history: Option<std::sync::Arc<DeliveryHistory>>,
+}
+
+/// Earlier deliveries of a message that this worker failed to store, remembered by the source
+/// across redeliveries (bounded memory, per worker). Lets a pipeline turn a message that a sink
+/// refused, or that keeps failing, into a dead letter instead of redelivering it forever.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryHistory {
+    /// Earlier deliveries of this message that this worker saw fail.
+    pub failed_deliveries: u32,
+    /// True when the last failure was a permanent refusal by a sink.
+    pub permanent: bool,
+    /// The last failure's reason (`<sink>: <error>`).
+    pub reason: std::sync::Arc<str>,
 }
 
 impl Data for PubsubMessage {
@@ -44,6 +60,20 @@ impl Data for PubsubMessage {
 }
 
 impl PubsubMessage {
+    /// This delivery's number (1 for the first): Pub/Sub's count when the subscription has a
+    /// dead-letter policy, or this worker's own count of failed deliveries plus one, whichever is
+    /// higher; `None` when neither is known.
+    pub fn delivery_count(&self) -> Option<u32> {
+        let local = self
+            .history
+            .as_ref()
+            .map(|h| h.failed_deliveries.saturating_add(1));
+        match (self.delivery_attempt, local) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     pub(crate) fn from_raw(
         m: gcloud_googleapis::pubsub::v1::PubsubMessage,
         delivery_attempt: i32,
@@ -66,6 +96,7 @@ impl PubsubMessage {
             publish_time,
             ordering_key: m.ordering_key,
             delivery_attempt: u32::try_from(delivery_attempt).ok().filter(|a| *a > 0),
+            history: None,
         }
     }
 }

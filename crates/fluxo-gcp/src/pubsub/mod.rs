@@ -34,7 +34,7 @@ pub use config::{
     MAX_ATTRIBUTE_KEY_BYTES, MAX_ATTRIBUTE_VALUE_BYTES, MAX_ORDERING_KEY_BYTES, MAX_PUBLISH_BYTES,
     MAX_PUBLISH_MESSAGES, MAX_PULL_MESSAGES, MIN_ACK_DEADLINE_SECS,
 };
-pub use message::{clip_attribute_value, PubsubMessage, PubsubOut, ToPubsub};
+pub use message::{clip_attribute_value, DeliveryHistory, PubsubMessage, PubsubOut, ToPubsub};
 pub use sink::{PubsubError, PubsubSink};
 pub use source::{PubsubSource, PubsubSourceStats};
 

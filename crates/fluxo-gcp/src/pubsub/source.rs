@@ -11,17 +11,21 @@
 //! - the lease extender periodically sends `ModifyAckDeadline` for the ack ids still in flight;
 //! - the acker sends `Acknowledge` / `ModifyAckDeadline(0)` in chunks of `ack_batch_size`.
 //!
+//! Failed deliveries are remembered ([`FailureMemory`]): a message nacked because a sink refused it
+//! or failed to store it comes back with its [`DeliveryHistory`], so the pipeline can dead-letter it
+//! (a poison message) instead of receiving it forever.
+//!
 //! Emulator pacing (unary pull against an emulator only, see [`PullPace`]): the emulator copies its
 //! whole undelivered backlog on every `Pull` made while any message of the subscription is delivered
 //! and not yet acked, so there a puller briefly waits for the previous acks to be confirmed before
 //! pulling again, for at most what an overlapped pull was measured to cost extra.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fluxo::{ack_batch, BoxError, Element, Source, SourceContext, Status, Timestamp};
+use fluxo::{ack_batch, BoxError, Element, Outcomes, Source, SourceContext, Status, Timestamp};
 use gcloud_gax::grpc::{Code, Status as GrpcStatus};
 use gcloud_googleapis::pubsub::v1::{
     AcknowledgeRequest, ModifyAckDeadlineRequest, PullRequest, ReceivedMessage,
@@ -32,7 +36,7 @@ use tokio::task::JoinSet;
 
 use super::client::{no_retry, PubsubClient};
 use super::config::{Endpoint, PubsubSourceConfig, ReceiveMode, SourceSettings};
-use super::message::PubsubMessage;
+use super::message::{DeliveryHistory, PubsubMessage};
 use super::sink::PubsubError;
 use crate::error::{grpc_code_is_retriable, ConfigError};
 
@@ -49,6 +53,9 @@ const PULL_BACKOFF_MAX: Duration = Duration::from_secs(10);
 const PACE_MAX_WAIT: Duration = Duration::from_millis(50);
 /// Every this many pulls an emulator puller does not wait, to keep measuring overlapped pulls.
 const PACE_PROBE_EVERY: u64 = 32;
+/// Failed deliveries remembered per worker (message ids; the oldest are forgotten first). About 100
+/// bytes each: at most about 10 MB, reached only when that many distinct messages failed.
+const FAILURE_MEMORY: usize = 100_000;
 
 /// Counters of a running source, readable while it runs (tests, benchmarks, tools). Acked and nacked
 /// messages are also counted in the engine's source metrics.
@@ -69,6 +76,7 @@ struct StatsInner {
     ack_errors: AtomicU64,
     lease_extensions: AtomicU64,
     invalid_timestamps: AtomicU64,
+    redelivered_with_history: AtomicU64,
     last_pull_error: Mutex<Option<String>>,
 }
 
@@ -128,6 +136,80 @@ impl PubsubSourceStats {
     /// Messages whose timestamp attribute was missing or invalid (publish time used instead).
     pub fn invalid_timestamps(&self) -> u64 {
         self.0.invalid_timestamps.load(Ordering::Relaxed)
+    }
+    /// Messages received again after a delivery this worker saw fail (they carry a
+    /// [`DeliveryHistory`]).
+    pub fn redelivered_with_history(&self) -> u64 {
+        self.0.redelivered_with_history.load(Ordering::Relaxed)
+    }
+}
+
+/// Failed deliveries by message id, bounded at [`FAILURE_MEMORY`] entries (oldest forgotten first).
+/// An entry is taken out when its message is received again.
+#[derive(Debug, Default)]
+struct FailureMemory {
+    entries: HashMap<String, (u64, DeliveryHistory)>,
+    /// Insertion order as (sequence, id); an id whose entry was replaced or taken has a stale
+    /// sequence here and is skipped when evicted.
+    order: VecDeque<(u64, String)>,
+    next_seq: u64,
+}
+
+impl FailureMemory {
+    /// Records a failed delivery of `id`, on top of what an earlier delivery left.
+    fn record(
+        &mut self,
+        id: &str,
+        earlier: Option<&DeliveryHistory>,
+        status: Status,
+        reason: Arc<str>,
+    ) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let history = DeliveryHistory {
+            failed_deliveries: earlier.map_or(0, |h| h.failed_deliveries).saturating_add(1),
+            permanent: status == Status::Rejected,
+            reason,
+        };
+        self.entries.insert(id.to_owned(), (seq, history));
+        self.order.push_back((seq, id.to_owned()));
+        while self.order.len() > FAILURE_MEMORY {
+            if let Some((old, id)) = self.order.pop_front() {
+                if self.entries.get(&id).is_some_and(|(s, _)| *s == old) {
+                    self.entries.remove(&id);
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, id: &str) -> Option<DeliveryHistory> {
+        self.entries.remove(id).map(|(_, h)| h)
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// Message ids of one pulled batch, in one buffer (no allocation per message), with what each
+/// message already carried, so that failures can be remembered by id.
+#[derive(Default)]
+struct BatchIds {
+    text: String,
+    ends: Vec<usize>,
+    earlier: Vec<(usize, Arc<DeliveryHistory>)>,
+}
+
+impl BatchIds {
+    fn push(&mut self, id: &str) {
+        self.text.push_str(id);
+        self.ends.push(self.text.len());
+    }
+
+    fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        self.text.get(start..end)
     }
 }
 
@@ -275,9 +357,51 @@ struct Shared {
     confirmed: Notify,
     /// Pull pacing (unary pull against an emulator only).
     pace: Option<Mutex<PullPace>>,
+    /// Failed deliveries, and their count (read without the lock on every batch).
+    failures: Mutex<FailureMemory>,
+    remembered: AtomicUsize,
 }
 
 impl Shared {
+    /// Remembers the failed deliveries of a resolved batch.
+    fn remember_failures(&self, ids: &BatchIds, outcomes: &Outcomes) {
+        let mut memory: Option<std::sync::MutexGuard<'_, FailureMemory>> = None;
+        let unknown: Arc<str> = Arc::from("not stored (no reason reported)");
+        for (i, status) in outcomes.statuses.iter().enumerate() {
+            if status.is_delivered() {
+                continue;
+            }
+            let Some(id) = ids.get(i) else { continue };
+            let reason = outcomes
+                .failures
+                .iter()
+                .find(|f| f.index == i)
+                .map_or_else(|| unknown.clone(), |f| f.reason.clone());
+            let earlier = ids
+                .earlier
+                .iter()
+                .find(|(at, _)| *at == i)
+                .map(|(_, h)| h.as_ref());
+            let m = memory
+                .get_or_insert_with(|| self.failures.lock().unwrap_or_else(|p| p.into_inner()));
+            m.record(id, earlier, *status, reason);
+        }
+        if let Some(m) = memory {
+            self.remembered.store(m.len(), Ordering::Release);
+        }
+    }
+
+    /// The remembered history of a message being received again (taken out of the memory).
+    fn history_of(&self, id: &str) -> Option<DeliveryHistory> {
+        if self.remembered.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut m = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let h = m.take(id);
+        self.remembered.store(m.len(), Ordering::Release);
+        h
+    }
+
     fn lock_budget(&self) -> std::sync::MutexGuard<'_, Budget> {
         self.budget.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -766,6 +890,8 @@ impl Source for PubsubSource {
             pace: (settings.mode == ReceiveMode::Pull
                 && matches!(settings.endpoint, Endpoint::Emulator(_)))
             .then(|| Mutex::new(PullPace::default())),
+            failures: Mutex::new(FailureMemory::default()),
+            remembered: AtomicUsize::new(0),
         });
         let metrics = ctx.metrics().clone();
         let (tx, mut rx) = mpsc::channel::<Pulled>(settings.concurrent_pulls * 2);
@@ -827,12 +953,31 @@ impl Source for PubsubSource {
             let mut ack_ids = Vec::with_capacity(n);
             let mut elements = Vec::with_capacity(n);
             let mut batch_max = Timestamp::MIN;
+            let mut ids = BatchIds {
+                text: String::with_capacity(n * 20),
+                ends: Vec::with_capacity(n),
+                earlier: Vec::new(),
+            };
             for (rm, fin) in msgs.into_iter().zip(fins) {
                 ack_ids.push(rm.ack_id);
                 // A received message without a body has nothing to process: its finalizer drops now
                 // (delivered) and it is acked.
-                let Some(m) = rm.message else { continue };
-                let msg = PubsubMessage::from_raw(m, rm.delivery_attempt);
+                let Some(m) = rm.message else {
+                    ids.push("");
+                    continue;
+                };
+                let mut msg = PubsubMessage::from_raw(m, rm.delivery_attempt);
+                ids.push(&msg.message_id);
+                if let Some(h) = shared.history_of(&msg.message_id) {
+                    shared
+                        .stats
+                        .0
+                        .redelivered_with_history
+                        .fetch_add(1, Ordering::Relaxed);
+                    let h = Arc::new(h);
+                    ids.earlier.push((ids.ends.len() - 1, Arc::clone(&h)));
+                    msg.history = Some(h);
+                }
                 let ts = match &settings.timestamp_attribute {
                     None => msg.publish_time,
                     Some(attr) => {
@@ -870,7 +1015,10 @@ impl Source for PubsubSource {
             let (shared2, ack_tx2, metrics2) =
                 (Arc::clone(&shared), ack_tx.clone(), metrics.clone());
             waiters.spawn(async move {
-                let statuses = acks.wait().await;
+                let outcomes = acks.wait_outcomes().await;
+                // Before the nacks go out, so that a redelivery finds the history.
+                shared2.remember_failures(&ids, &outcomes);
+                let statuses = outcomes.statuses;
                 let (mut ok, mut err, mut rej) = (0, 0, 0);
                 for s in &statuses {
                     match s {
@@ -1029,6 +1177,52 @@ mod tests {
         let waits: Vec<Duration> = (0..PACE_PROBE_EVERY).map(|_| r.wait_limit()).collect();
         assert!(waits[..waits.len() - 1].iter().all(|w| *w == PACE_MAX_WAIT));
         assert_eq!(waits[waits.len() - 1], Duration::ZERO);
+    }
+
+    #[test]
+    fn failure_memory_counts_failed_deliveries_and_forgets_the_oldest() {
+        let mut m = FailureMemory::default();
+        let reason: Arc<str> = Arc::from("BigQuery: invalid row");
+        m.record("a", None, Status::Errored, reason.clone());
+        let first = m.take("a").unwrap();
+        assert_eq!((first.failed_deliveries, first.permanent), (1, false));
+        assert!(m.take("a").is_none(), "taken on redelivery");
+        m.record("a", Some(&first), Status::Rejected, reason.clone());
+        let second = m.take("a").unwrap();
+        assert_eq!((second.failed_deliveries, second.permanent), (2, true));
+        assert_eq!(&*second.reason, "BigQuery: invalid row");
+
+        // Bounded: the oldest are forgotten; a replaced entry is not evicted by its stale slot.
+        m.record("keep", None, Status::Errored, reason.clone());
+        m.record("keep", None, Status::Errored, reason.clone());
+        for i in 0..FAILURE_MEMORY - 1 {
+            m.record(&i.to_string(), None, Status::Errored, reason.clone());
+        }
+        assert!(m.len() <= FAILURE_MEMORY);
+        assert!(
+            m.take("keep").is_some(),
+            "the newer record of `keep` survives"
+        );
+        assert!(m.take("0").is_some());
+        // Three more records push out the stale slots of `keep` and `0`, then `1`, the oldest.
+        for id in ["x", "y", "z"] {
+            m.record(id, None, Status::Errored, reason.clone());
+        }
+        assert!(m.take("1").is_none(), "the oldest entry was evicted");
+        assert!(m.take("2").is_some());
+        assert!(m.order.len() <= FAILURE_MEMORY);
+    }
+
+    #[test]
+    fn batch_ids_index_one_buffer() {
+        let mut ids = BatchIds::default();
+        for id in ["17", "", "123456789"] {
+            ids.push(id);
+        }
+        assert_eq!(
+            (ids.get(0), ids.get(1), ids.get(2), ids.get(3)),
+            (Some("17"), Some(""), Some("123456789"), None)
+        );
     }
 
     #[test]
