@@ -147,6 +147,9 @@ pub struct DeadLetter {
     /// Problems found but not described (beyond `max_issues`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub issues_omitted: u64,
+    /// Codes found only among the omitted problems.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub omitted_codes: Vec<ErrorCode>,
     /// Pipeline stage that rejected the record (see [`stage`]).
     pub stage: String,
     /// Where the record came from.
@@ -200,6 +203,7 @@ impl DeadLetter {
             object: None,
             issues: rejection.issues,
             issues_omitted: rejection.omitted,
+            omitted_codes: rejection.omitted_codes,
             stage: stage.into(),
             source,
             failed_at,
@@ -212,12 +216,9 @@ impl DeadLetter {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// The distinct error codes, sorted.
+    /// Every distinct error code (of kept and omitted issues), in documentation order.
     pub fn codes(&self) -> Vec<ErrorCode> {
-        let mut codes: Vec<ErrorCode> = self.issues.iter().map(|i| i.code).collect();
-        codes.sort_unstable();
-        codes.dedup();
-        codes
+        crate::issue::distinct_codes(&self.issues, &self.omitted_codes)
     }
 
     /// The dead-letter topic's message: the full form when its JSON has at most `max_bytes`, else
@@ -286,6 +287,11 @@ impl DeadLetter {
                 .map(Issue::clipped)
                 .collect(),
             issues_omitted: self.issues_omitted + (self.issues.len() - kept) as u64,
+            omitted_codes: self
+                .codes()
+                .into_iter()
+                .filter(|c| !self.issues[..kept].iter().any(|i| i.code == *c))
+                .collect(),
             stage: clip(&self.stage, 64),
             source: SourceMeta {
                 message_id: self

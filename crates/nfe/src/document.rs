@@ -471,7 +471,7 @@ impl<'a> Parser<'a> {
 
     fn utf8_issue(&mut self, is_key: bool, detail: &str) {
         if !self.issues.has_room() {
-            self.issues.count_omitted();
+            self.issues.count_omitted(ErrorCode::InvalidUtf8);
             return;
         }
         let path = self.path_string();

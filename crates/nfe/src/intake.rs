@@ -60,14 +60,13 @@ impl Intake {
         &self.validator
     }
 
-    /// One delivery: the invoice, or its dead letter (`source` and `now` are only read for a dead
-    /// letter). Never panics, whatever the bytes.
+    /// One delivery: the invoice, or its dead letter (`source` is only called for a dead letter,
+    /// which is stamped with the current time). Never panics, whatever the bytes.
     pub fn process(
         &self,
         raw: &[u8],
         delivery: &Delivery<'_>,
         source: impl FnOnce() -> SourceMeta,
-        now: Timestamp,
     ) -> Result<Invoice, Box<DeadLetter>> {
         let dead = |rejection: Rejection, at_stage: &str, source: SourceMeta| {
             Box::new(DeadLetter::rejected(
@@ -75,7 +74,7 @@ impl Intake {
                 rejection,
                 at_stage,
                 source,
-                now,
+                Timestamp::now(),
             ))
         };
         if let Some(f) = delivery.previous_failure.filter(|f| f.permanent) {
@@ -130,7 +129,7 @@ mod tests {
     }
 
     fn run(raw: &[u8], d: Delivery<'_>) -> Result<Invoice, Box<DeadLetter>> {
-        intake().process(raw, &d, SourceMeta::default, Timestamp::UNIX_EPOCH)
+        intake().process(raw, &d, SourceMeta::default)
     }
 
     #[test]
@@ -201,8 +200,6 @@ mod tests {
             attempt: Some(1_000),
             ..Delivery::default()
         };
-        assert!(unguarded
-            .process(VALID, &d, SourceMeta::default, Timestamp::UNIX_EPOCH)
-            .is_ok());
+        assert!(unguarded.process(VALID, &d, SourceMeta::default).is_ok());
     }
 }

@@ -183,17 +183,29 @@ pub struct Rejection {
     pub issues: Vec<Issue>,
     /// Problems found beyond the kept ones (counted, not described).
     pub omitted: u64,
+    /// Codes found only among the omitted problems (distinct, in documentation order), so that the
+    /// set of codes of a record is complete even when its issue list is cut.
+    pub omitted_codes: Vec<ErrorCode>,
 }
 
 impl Rejection {
     /// A rejection with these issues and none omitted.
     pub fn new(issues: Vec<Issue>) -> Self {
-        Rejection { issues, omitted: 0 }
+        Rejection {
+            issues,
+            omitted: 0,
+            omitted_codes: Vec::new(),
+        }
     }
 
     /// The codes of the kept issues, in order.
     pub fn codes(&self) -> Vec<ErrorCode> {
         self.issues.iter().map(|i| i.code).collect()
+    }
+
+    /// Every distinct code found, kept or omitted, in documentation order.
+    pub fn distinct_codes(&self) -> Vec<ErrorCode> {
+        distinct_codes(&self.issues, &self.omitted_codes)
     }
 
     /// Every problem found, kept or not.
@@ -208,14 +220,34 @@ impl Rejection {
 pub(crate) struct IssueList {
     kept: Vec<Issue>,
     omitted: u64,
+    /// Codes of omitted issues, one bit per code (bit = the code's position in `ErrorCode::ALL`).
+    omitted_codes: u64,
     cap: usize,
 }
+
+/// Distinct codes of `issues` and `more`, in documentation order.
+pub(crate) fn distinct_codes(issues: &[Issue], more: &[ErrorCode]) -> Vec<ErrorCode> {
+    let mut codes: Vec<ErrorCode> = issues
+        .iter()
+        .map(|i| i.code)
+        .chain(more.iter().copied())
+        .collect();
+    codes.sort_unstable();
+    codes.dedup();
+    codes
+}
+
+const _: () = assert!(
+    ErrorCode::ALL.len() <= 64,
+    "the omitted-codes bit set holds 64 codes"
+);
 
 impl IssueList {
     pub(crate) fn new(cap: usize) -> Self {
         IssueList {
             kept: Vec::new(),
             omitted: 0,
+            omitted_codes: 0,
             cap: cap.max(1),
         }
     }
@@ -230,21 +262,23 @@ impl IssueList {
         if self.has_room() {
             self.kept.push(issue);
         } else {
-            self.omitted += 1;
+            self.count_omitted(issue.code);
         }
     }
 
     /// Counts an issue that was not built (the list is full).
-    pub(crate) fn count_omitted(&mut self) {
+    pub(crate) fn count_omitted(&mut self, code: ErrorCode) {
         self.omitted += 1;
+        self.omitted_codes |= 1 << (code as u32);
     }
 
     /// Keeps the issue that ends parsing: it replaces the last kept one when the list is full (that
     /// one is counted as omitted), so the reason parsing stopped is always reported.
     pub(crate) fn push_last(&mut self, issue: Issue) {
         if !self.has_room() {
-            self.kept.pop();
-            self.omitted += 1;
+            if let Some(dropped) = self.kept.pop() {
+                self.count_omitted(dropped.code);
+            }
         }
         self.kept.push(issue);
     }
@@ -265,9 +299,16 @@ impl IssueList {
     }
 
     pub(crate) fn into_rejection(self) -> Rejection {
+        let omitted_codes = ErrorCode::ALL
+            .iter()
+            .copied()
+            .filter(|c| self.omitted_codes & (1 << (*c as u32)) != 0)
+            .filter(|c| !self.kept.iter().any(|i| i.code == *c))
+            .collect();
         Rejection {
             issues: self.kept,
             omitted: self.omitted,
+            omitted_codes,
         }
     }
 }
@@ -412,12 +453,23 @@ mod tests {
         for n in 0..10 {
             list.push(issue(n));
         }
+        list.push(Issue::new(ErrorCode::TooManyItems, "$.ItemList", "many"));
         list.push_last(Issue::new(ErrorCode::MalformedJson, "$", "stop"));
-        assert_eq!(list.total(), 11);
+        assert_eq!(list.total(), 12);
         let r = list.into_rejection();
         assert_eq!(r.issues.len(), 3);
-        assert_eq!(r.omitted, 8);
+        assert_eq!(r.omitted, 9);
         assert_eq!(r.issues[2].code, ErrorCode::MalformedJson);
-        assert!(r.to_string().ends_with("; and 8 more"), "{r}");
+        // Codes seen only among the omitted issues are still reported.
+        assert_eq!(r.omitted_codes, vec![ErrorCode::TooManyItems]);
+        assert_eq!(
+            r.distinct_codes(),
+            vec![
+                ErrorCode::MalformedJson,
+                ErrorCode::InvalidUtf8,
+                ErrorCode::TooManyItems
+            ]
+        );
+        assert!(r.to_string().ends_with("; and 9 more"), "{r}");
     }
 }
