@@ -297,8 +297,12 @@ async fn archive_bytes(p: &Profile) -> u64 {
 }
 
 fn validate_step() -> Validate {
+    // The pipeline's own rules (validation defaults, the poison-message guard at its default).
     Validate::new(
-        nfe::ValidationConfig::default().build().expect("validator"),
+        nfe::Intake::new(
+            nfe::ValidationConfig::default().build().expect("validator"),
+            Some(9),
+        ),
         None,
         None,
     )

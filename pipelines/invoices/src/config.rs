@@ -81,10 +81,22 @@ pub struct Profile {
     /// Root of the Cloud Storage archive (`gs://bucket[/prefix]`, or `file:///dir`): `raw/`,
     /// `raw-late/`, `processed/` and `dead-letter/` live under it.
     pub archive_url: String,
+    /// Subscription on the dead-letter topic, created at provisioning so that nothing published or
+    /// forwarded there is dropped; `invoices dead-letters --subscription` peeks at it. Default:
+    /// `<dead_letter_topic>-sub`.
+    #[serde(default)]
+    pub dead_letter_subscription: Option<String>,
     /// Deliveries of a message before Pub/Sub moves it to the dead-letter topic (5..=100), set on
     /// the subscription at provisioning. Default 10.
     #[serde(default = "default_attempts")]
     pub max_delivery_attempts: i32,
+    /// Poison-message guard: a message whose delivery count (Pub/Sub's, or this worker's count of
+    /// its failed deliveries) is above this is written as an `NFE_DELIVERY_ATTEMPTS_EXCEEDED` dead
+    /// letter and acknowledged instead of being processed again. Below `max_delivery_attempts`, so
+    /// the pipeline acts before Pub/Sub forwards the bare message. Default: `max_delivery_attempts -
+    /// 1` (9).
+    #[serde(default)]
+    pub max_failed_deliveries: Option<u32>,
     /// Tuning; every key has a default.
     #[serde(default)]
     pub tuning: Tuning,
@@ -230,6 +242,19 @@ fn invalid(field: &'static str, value: impl ToString, reason: &'static str) -> C
 }
 
 impl Profile {
+    /// The dead-letter topic's subscription (see [`Profile::dead_letter_subscription`] field).
+    pub fn dead_letter_subscription(&self) -> String {
+        self.dead_letter_subscription
+            .clone()
+            .unwrap_or_else(|| format!("{}-sub", self.dead_letter_topic))
+    }
+
+    /// The poison-message guard's delivery count (see the `max_failed_deliveries` field).
+    pub fn failed_deliveries_guard(&self) -> u32 {
+        self.max_failed_deliveries
+            .unwrap_or_else(|| (self.max_delivery_attempts.max(2) - 1) as u32)
+    }
+
     /// Checks what the connectors do not check themselves (they validate names when they start).
     pub fn check(&self) -> Result<(), ConfigError> {
         for (field, v) in [
@@ -251,6 +276,26 @@ impl Profile {
                 "max_delivery_attempts",
                 self.max_delivery_attempts,
                 "must be 5..=100 (Pub/Sub's limits)",
+            ));
+        }
+        if let Some(n) = self.max_failed_deliveries {
+            if n == 0 || i64::from(n) >= i64::from(self.max_delivery_attempts) {
+                return Err(invalid(
+                    "max_failed_deliveries",
+                    n,
+                    "must be 1..max_delivery_attempts (the pipeline must act before Pub/Sub forwards the message)",
+                ));
+            }
+        }
+        if self
+            .dead_letter_subscription
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty())
+        {
+            return Err(invalid(
+                "dead_letter_subscription",
+                "\"\"",
+                "must not be empty",
             ));
         }
         let t = &self.tuning;
@@ -332,6 +377,8 @@ mod tests {
         assert_eq!(local.bigtable_table, "invoices");
         assert_eq!(local.tuning, Tuning::default());
         assert_eq!(local.max_delivery_attempts, 10);
+        assert_eq!(local.failed_deliveries_guard(), 9);
+        assert_eq!(local.dead_letter_subscription(), "invoices-dead-letter-sub");
         file.profile("gcp", &path).unwrap();
         let err = file.profile("prod", &path).unwrap_err().to_string();
         assert_eq!(
@@ -354,6 +401,16 @@ mod tests {
         assert_eq!(
             file.profile("local", "f.toml").unwrap_err().to_string(),
             "invalid config: tuning.raw_window_secs = 7: must divide a day (60, 300, 900, 3600, ...)"
+        );
+        let guard = base.replace(
+            "dead_letter_subscription = \"invoices-dead-letter-sub\"\nbigtable_instance = \"local-instance\"",
+            "dead_letter_subscription = \"invoices-dead-letter-sub\"\nmax_failed_deliveries = 10\nbigtable_instance = \"local-instance\"",
+        );
+        assert_ne!(guard, base);
+        let file = ConfigFile::parse(&guard, "f.toml").unwrap();
+        assert_eq!(
+            file.profile("local", "f.toml").unwrap_err().to_string(),
+            "invalid config: max_failed_deliveries = 10: must be 1..max_delivery_attempts (the pipeline must act before Pub/Sub forwards the message)"
         );
         let zone = format!("{base}\n[profiles.local.validation]\ntime_zone = \"Mars/Base\"\n");
         let file = ConfigFile::parse(&zone, "f.toml").unwrap();

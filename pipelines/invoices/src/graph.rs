@@ -26,6 +26,14 @@ use fluxo_gcp::bigtable::{BigtableSink, RowMutation, SetCell};
 use fluxo_gcp::pubsub::{PubsubMessage, PubsubOut, PubsubSink};
 use fluxo_gcp::storage::{ObjectKey, ParquetFormat, Record, StorageSink, Value};
 use nfe::{DeadLetter, ErrorCode, IngestMeta, Invoice, Issue, SourceMeta};
+
+/// Largest dead-letter message on the dead-letter topic (its JSON). A dead letter whose full form is
+/// larger goes there in its short form (the first 64 KiB of the record, a reference to the Cloud
+/// Storage object that holds every byte), which is at most `nfe::SHORT_FORM_MAX_BYTES`; with its
+/// attributes it stays under the Pub/Sub sink's request limit (checked by a test).
+pub const DEAD_LETTER_MESSAGE_MAX_BYTES: usize = 4 << 20;
+// The short form always fits the budget.
+const _: () = assert!(nfe::SHORT_FORM_MAX_BYTES <= DEAD_LETTER_MESSAGE_MAX_BYTES);
 use serde::{Deserialize, Serialize};
 
 use crate::latency::LatencySink;
@@ -96,6 +104,7 @@ impl ArchivedMessage {
             publish_time: Timestamp::from_micros(self.publish_time_micros),
             ordering_key: String::new(),
             delivery_attempt: None,
+            history: None,
         }
     }
 }
@@ -132,34 +141,25 @@ fn source_meta(m: &PubsubMessage) -> SourceMeta {
     }
 }
 
-/// Parse, validate and enrich: a valid record becomes an [`Invoice`] with its ingestion metadata; an
-/// invalid one (or a repeated `NFeID` flagged by `ingest`) becomes a [`DeadLetter`] with its exact
-/// bytes and every issue. Never fails: bad data is data.
+/// Parse, validate and enrich ([`nfe::Intake`]): a valid record becomes an [`Invoice`] with its
+/// ingestion metadata; an invalid one, a repeated `NFeID` flagged by `ingest`, or a poison message (a
+/// sink refused an earlier delivery, or it came back more than `max_failed_deliveries` times)
+/// becomes one [`DeadLetter`] with its exact bytes and its issues. Never fails: bad data is data.
 #[derive(Clone)]
 pub struct Validate {
-    validator: nfe::Validator,
+    intake: nfe::Intake,
     worker: Option<String>,
     version: Option<String>,
 }
 
 impl Validate {
-    /// A step with this validator; `worker` and `version` go into every row's ingestion metadata.
-    pub fn new(validator: nfe::Validator, worker: Option<String>, version: Option<String>) -> Self {
+    /// A step with these rules; `worker` and `version` go into every row's ingestion metadata.
+    pub fn new(intake: nfe::Intake, worker: Option<String>, version: Option<String>) -> Self {
         Validate {
-            validator,
+            intake,
             worker,
             version,
         }
-    }
-
-    fn dead(&self, m: &PubsubMessage, issues: Vec<Issue>) -> Arc<DeadLetter> {
-        Arc::new(DeadLetter::new(
-            m.data.to_vec(),
-            issues,
-            nfe::stage::VALIDATE,
-            source_meta(m),
-            jiff::Timestamp::now(),
-        ))
     }
 }
 
@@ -182,16 +182,16 @@ impl Validate {
         at: Timestamp,
         ctx: &mut DoFnContext<'_, Arc<Invoice>, Arc<DeadLetter>>,
     ) {
-        if let Some(first) = m.attributes.get(DUPLICATE_OF_ATTRIBUTE) {
-            let issue = Issue::new(
-                ErrorCode::DuplicateId,
-                "$.NFeID",
-                format!("NFeID already sent by record {first} of the same page"),
-            );
-            ctx.dead_letter(self.dead(&m, vec![issue]));
-            return;
-        }
-        match self.validator.process(&m.data) {
+        let history = m.history.as_deref();
+        let delivery = nfe::Delivery {
+            duplicate_of: m.attributes.get(DUPLICATE_OF_ATTRIBUTE).map(String::as_str),
+            attempt: m.delivery_count(),
+            previous_failure: history.map(|h| nfe::PreviousFailure {
+                permanent: h.permanent,
+                reason: &h.reason,
+            }),
+        };
+        match self.intake.process(&m.data, &delivery, || source_meta(&m)) {
             Ok(invoice) => {
                 let meta = IngestMeta {
                     message_id: Some(m.message_id.clone()),
@@ -201,7 +201,7 @@ impl Validate {
                 };
                 ctx.output_at(Arc::new(invoice.with_ingest(meta)), at);
             }
-            Err(rejection) => ctx.dead_letter(self.dead(&m, rejection.issues)),
+            Err(dead) => ctx.dead_letter(Arc::from(dead)),
         }
     }
 }
@@ -379,27 +379,42 @@ pub fn processed_format() -> Result<ParquetFormat<InvoiceLine>, fluxo_gcp::Confi
 }
 
 /// The dead-letter object name (`dead-letter/dt=.../hour=.../stage=.../<sha256 of the raw bytes>.json`),
-/// read back from the object's own JSON so that a redelivered record replaces its object.
+/// read back from the object's own JSON (without decoding its raw bytes) so that a redelivered record
+/// replaces its object.
 pub fn dead_letter_object_name(key: &ObjectKey<'_>) -> String {
-    match serde_json::from_slice::<DeadLetter>(key.content) {
-        Ok(d) => d.object_name(),
-        Err(_) => format!("{DEAD_LETTER_PREFIX}/unreadable/{}.json", key.hash),
+    DeadLetter::object_name_of_json(key.content)
+        .unwrap_or_else(|| format!("{DEAD_LETTER_PREFIX}/unreadable/{}.json", key.hash))
+}
+
+/// A dead letter encoded for its two sinks: the full JSON for its Cloud Storage object, and the
+/// dead-letter topic's message (full or short form, see [`DEAD_LETTER_MESSAGE_MAX_BYTES`]).
+#[derive(Debug, Clone)]
+pub struct EncodedDeadLetter {
+    /// The object's bytes (full form: every raw byte).
+    pub object: ObjectBytes,
+    /// The topic's message.
+    pub message: PubsubOut,
+}
+
+impl Data for EncodedDeadLetter {
+    fn size_bytes(&self) -> usize {
+        self.object.size_bytes() + self.message.size_bytes()
     }
 }
 
-/// The dead-letter topic's message for a dead letter: its JSON, with the stage, the error codes and the
-/// raw bytes' SHA-256 as attributes.
-pub fn dead_letter_message(d: &DeadLetter, json: Bytes) -> PubsubOut {
-    let mut codes: Vec<&str> = d.issues.iter().map(|i| i.code.as_str()).collect();
-    codes.dedup();
-    let mut out = PubsubOut::new(json)
-        .with_attribute("stage", d.stage.clone())
-        .with_attribute("codes", codes.join(","))
-        .with_attribute("raw_sha256", d.raw_sha256.clone());
-    if let Some(id) = &d.source.message_id {
-        out = out.with_attribute("message_id", id.clone());
+/// Encodes a dead letter for its sinks; `archive_url` is the archive root the object is written under
+/// (the short form names the object by its full URL). Attribute values are clipped to Pub/Sub's limit.
+pub fn encode_dead_letter(d: &DeadLetter, archive_url: &str) -> EncodedDeadLetter {
+    let object_url = format!("{}/{}", archive_url.trim_end_matches('/'), d.object_name());
+    let m = d.message(&object_url, DEAD_LETTER_MESSAGE_MAX_BYTES);
+    let mut message = PubsubOut::new(m.data);
+    for (key, value) in m.attributes {
+        message = message.with_clipped_attribute(key, value);
     }
-    out
+    EncodedDeadLetter {
+        object: ObjectBytes(Bytes::from(d.to_json())),
+        message,
+    }
 }
 
 /// Settings of the graph.
@@ -423,6 +438,8 @@ pub struct GraphSettings {
     pub archive_batch: SinkConfig,
     /// Batching of the dead-letter sinks.
     pub dead_letter_batch: SinkConfig,
+    /// Root of the archive (dead-letter objects are written under it; their short form names them).
+    pub archive_url: String,
 }
 
 /// The sinks of the graph; `raw` and `processed` are optional (a replay writes neither).
@@ -522,40 +539,29 @@ fn fan_out(
             .write("ProcessedArchive", processed, s.archive_batch);
     }
 
+    let archive_url = s.archive_url.clone();
     let dead = validated
         .dead_letters
         .map("DeadLetterJson", move |d: Arc<DeadLetter>| {
             if let Ok(mut counts) = codes.lock() {
-                let mut seen: Vec<&str> = Vec::with_capacity(d.issues.len());
-                for issue in &d.issues {
-                    let code = issue.code.as_str();
-                    if !seen.contains(&code) {
-                        seen.push(code);
-                        *counts.entry(code.to_string()).or_default() += 1;
-                    }
+                for code in d.codes() {
+                    *counts.entry(code.as_str().to_string()).or_default() += 1;
                 }
             }
-            let json = Bytes::from(d.to_json());
-            (ObjectBytes(json), d)
+            encode_dead_letter(&d, &archive_url)
         });
-    dead.map(
-        "DeadLetterObject",
-        |(json, _): (ObjectBytes, Arc<DeadLetter>)| json,
-    )
-    .write(
-        "DeadLetterArchive",
-        sinks.dead_letter_objects,
-        s.dead_letter_batch,
-    );
-    dead.map(
-        "DeadLetterMessage",
-        |(json, d): (ObjectBytes, Arc<DeadLetter>)| dead_letter_message(&d, json.0),
-    )
-    .write(
-        "DeadLetterTopic",
-        sinks.dead_letter_topic,
-        s.dead_letter_batch,
-    );
+    dead.map("DeadLetterObject", |e: EncodedDeadLetter| e.object)
+        .write(
+            "DeadLetterArchive",
+            sinks.dead_letter_objects,
+            s.dead_letter_batch,
+        );
+    dead.map("DeadLetterMessage", |e: EncodedDeadLetter| e.message)
+        .write(
+            "DeadLetterTopic",
+            sinks.dead_letter_topic,
+            s.dead_letter_batch,
+        );
 }
 
 #[cfg(test)]
@@ -572,6 +578,7 @@ mod tests {
             publish_time: Timestamp::from_millis(1_621_898_494_790),
             ordering_key: String::new(),
             delivery_attempt: None,
+            history: None,
         }
     }
 
@@ -643,7 +650,11 @@ mod tests {
             )
             .par_do(
                 "Validate",
-                ValidateArchived(Validate::new(validator.clone(), None, None)),
+                ValidateArchived(Validate::new(
+                    nfe::Intake::new(validator.clone(), None),
+                    None,
+                    None,
+                )),
             );
         let (main, invoices) = CollectingSink::new();
         let (dead, dead_letters) = CollectingSink::new();
@@ -680,24 +691,56 @@ mod tests {
     }
 
     #[test]
-    fn dead_letter_messages_carry_codes() {
+    fn dead_letter_messages_carry_codes_and_always_fit_the_topic() {
         let validator = nfe::ValidationConfig::default().build().unwrap();
         let m = message(br#"{"NFeID": "x"}"#);
-        let issues = validator.validate(&m.data).unwrap_err().issues;
-        let d = DeadLetter::new(
+        let rejection = validator.validate(&m.data).unwrap_err();
+        let d = DeadLetter::rejected(
             m.data.to_vec(),
-            issues,
+            rejection,
             "validate",
             source_meta(&m),
             jiff::Timestamp::now(),
         );
-        let out = dead_letter_message(&d, Bytes::from(d.to_json()));
-        assert!(
-            out.attributes["codes"].contains("NFE_"),
-            "{:?}",
-            out.attributes
+        let out = encode_dead_letter(&d, "gs://bucket");
+        assert_eq!(
+            out.message.attributes["codes"],
+            "NFE_MISSING_FIELD,NFE_WRONG_TYPE"
         );
-        assert_eq!(out.attributes["message_id"], "17");
-        assert_eq!(out.attributes["raw_sha256"].len(), 64);
+        assert_eq!(out.message.attributes["message_id"], "17");
+        assert_eq!(out.message.attributes["raw_sha256"].len(), 64);
+        assert_eq!(
+            out.message.data, out.object.0,
+            "small: the full form on the topic"
+        );
+
+        // The largest short form, with every attribute at Pub/Sub's limit, fits one publish
+        // request of the default sink, and the budget holds the short form.
+        use fluxo_gcp::pubsub::{PubsubSinkConfig, MAX_ATTRIBUTES, MAX_ATTRIBUTE_VALUE_BYTES};
+        assert!(out.message.attributes.len() <= MAX_ATTRIBUTES);
+        let worst = DEAD_LETTER_MESSAGE_MAX_BYTES + 6 * (256 + MAX_ATTRIBUTE_VALUE_BYTES + 16);
+        assert!(worst < PubsubSinkConfig::default().max_bytes_per_request);
+
+        // A record of 3 MiB of control bytes: the object holds every byte, the topic the short
+        // form, whose `object` names where the object is written.
+        let huge = vec![0x01u8; 3 << 20];
+        let d = DeadLetter::rejected(
+            huge.clone(),
+            validator.validate(&huge).unwrap_err(),
+            "validate",
+            source_meta(&m),
+            jiff::Timestamp::now(),
+        );
+        let out = encode_dead_letter(&d, "gs://bucket/root/");
+        assert!(out.message.data.len() <= DEAD_LETTER_MESSAGE_MAX_BYTES);
+        assert_eq!(out.message.attributes["truncated"], "true");
+        let object_url = format!("gs://bucket/root/{}", d.object_name());
+        assert_eq!(out.message.attributes["object"], object_url);
+        let full: DeadLetter = serde_json::from_slice(&out.object.0).unwrap();
+        assert_eq!(full.raw.0, huge);
+        assert!(out.object.0.len() < huge.len() * 4 / 3 + 4096);
+        let short: DeadLetter = serde_json::from_slice(&out.message.data).unwrap();
+        assert_eq!(short.object.as_deref(), Some(object_url.as_str()));
+        assert_eq!(short.raw_size, Some(3 << 20));
     }
 }

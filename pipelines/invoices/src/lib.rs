@@ -227,6 +227,32 @@ pub async fn provision(p: &Profile) -> Result<(), Error> {
         }
     }
 
+    // Everything on the dead-letter topic (the pipeline's dead letters, and messages Pub/Sub forwards
+    // after `max_delivery_attempts`) is kept by this subscription until someone reads it.
+    let dead_letter_sub = p.dead_letter_subscription();
+    match client
+        .create_subscription(
+            &dead_letter_sub,
+            &p.dead_letter_topic,
+            SubscriptionOptions {
+                ack_deadline_secs: 60,
+                ..SubscriptionOptions::default()
+            },
+        )
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(subscription = %dead_letter_sub, "dead-letter subscription created")
+        }
+        Err(e) if e.code() == tonic::Code::AlreadyExists => {}
+        Err(e) => {
+            return Err(prov(
+                &format!("subscription {dead_letter_sub}"),
+                &e.message(),
+            ))
+        }
+    }
+
     let bt = bigtable_settings(p).validate()?;
     let admin = AdminClient::connect(&bt).await?;
     admin
@@ -347,7 +373,7 @@ fn graph_settings(p: &Profile, worker: Option<String>) -> Result<GraphSettings, 
     let t = &p.tuning;
     Ok(GraphSettings {
         validate: Validate::new(
-            validator,
+            nfe::Intake::new(validator, Some(p.failed_deliveries_guard())),
             worker,
             Some(env!("CARGO_PKG_VERSION").to_string()),
         ),
@@ -359,6 +385,7 @@ fn graph_settings(p: &Profile, worker: Option<String>) -> Result<GraphSettings, 
         bigquery_batch: sink_config(t.bigquery_batch_rows, t.max_batch_delay_ms, 4),
         archive_batch: sink_config(20_000, t.archive_delay_ms, 4),
         dead_letter_batch: sink_config(500, t.max_batch_delay_ms, 4),
+        archive_url: p.archive_url.clone(),
     })
 }
 

@@ -99,6 +99,21 @@ enum Command {
     },
     /// Count what Bigtable, BigQuery and Cloud Storage hold (from the stores themselves) as JSON.
     Inventory,
+    /// List and count the dead letters stored in Cloud Storage (by code and stage, newest first) as
+    /// JSON; with --subscription, also peek at what waits on the dead-letter subscription.
+    DeadLetters {
+        /// Only objects whose name starts with this, e.g. dead-letter/dt=2026-12-04/ (default:
+        /// dead-letter/).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Most entries listed (counts always cover every object).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Also list (without consuming) up to --limit messages waiting on the dead-letter
+        /// subscription, including messages Pub/Sub forwarded after max_delivery_attempts.
+        #[arg(long)]
+        subscription: bool,
+    },
 }
 
 fn init_logs(json: bool) {
@@ -213,6 +228,23 @@ async fn run(cli: Cli, profile: Profile) -> anyhow::Result<i32> {
             eprintln!("{} invoices", entries.len());
         }
         Command::Inventory => print_json(&query::inventory(&profile).await?)?,
+        Command::DeadLetters {
+            prefix,
+            limit,
+            subscription,
+        } => {
+            let stored = query::dead_letters(&profile, prefix.as_deref(), limit).await?;
+            let mut out = serde_json::json!({ "stored": stored });
+            if subscription {
+                let pending = query::peek_dead_letter_subscription(&profile, limit).await?;
+                out["subscription"] = serde_json::json!({
+                    "name": profile.dead_letter_subscription(),
+                    "peeked": pending.len(),
+                    "messages": pending,
+                });
+            }
+            print_json(&out)?;
+        }
     }
     Ok(0)
 }

@@ -210,17 +210,11 @@ pub async fn inventory(p: &Profile) -> Result<Inventory, Error> {
         inv.objects.insert(prefix.to_string(), objects.len() as u64);
         if prefix == graph::DEAD_LETTER_PREFIX {
             for o in &objects {
-                let body = store
-                    .get(&o.name)
-                    .await
-                    .map_err(|e| read_err("Cloud Storage read", e))?;
-                let d: nfe::DeadLetter = serde_json::from_slice(&body)
-                    .map_err(|e| read_err(&format!("dead letter {}", o.name), e))?;
-                let mut codes: Vec<&str> = d.issues.iter().map(|i| i.code.as_str()).collect();
-                codes.sort_unstable();
-                codes.dedup();
-                for c in codes {
-                    *inv.dead_letters_by_code.entry(c.to_string()).or_default() += 1;
+                let d = read_dead_letter(&store, &o.name).await?;
+                for c in d.codes() {
+                    *inv.dead_letters_by_code
+                        .entry(c.as_str().to_string())
+                        .or_default() += 1;
                 }
             }
         }
@@ -244,4 +238,171 @@ pub async fn inventory(p: &Profile) -> Result<Inventory, Error> {
         }
     }
     Ok(inv)
+}
+
+async fn read_dead_letter(store: &Store, name: &str) -> Result<nfe::DeadLetter, Error> {
+    let body = store
+        .get(name)
+        .await
+        .map_err(|e| read_err("Cloud Storage read", e))?;
+    serde_json::from_slice(&body).map_err(|e| read_err(&format!("dead letter {name}"), e))
+}
+
+/// One dead letter, as listed by `invoices dead-letters`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DeadLetterEntry {
+    /// Object name under the archive root.
+    pub object: String,
+    /// Stage that produced it (`validate`, `sink`, `delivery`, ...).
+    pub stage: String,
+    /// Distinct error codes.
+    pub codes: Vec<String>,
+    /// Pub/Sub message id, when known.
+    pub message_id: Option<String>,
+    /// When it failed (RFC 3339).
+    pub failed_at: String,
+    /// Size of the record's raw bytes.
+    pub raw_bytes: u64,
+    /// Issues found (kept and omitted).
+    pub issues: u64,
+    /// The first issue, as `CODE at PATH: message`.
+    pub first_issue: Option<String>,
+}
+
+/// What `invoices dead-letters` prints: counts over every dead-letter object under the prefix, and the
+/// newest entries.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct DeadLetterSummary {
+    /// Objects under the prefix (one per failed record).
+    pub objects: u64,
+    /// Dead letters by error code (a record with several codes counts under each).
+    pub by_code: BTreeMap<String, u64>,
+    /// Dead letters by stage.
+    pub by_stage: BTreeMap<String, u64>,
+    /// The newest entries (by object name: partition then hash), at most the limit asked.
+    pub newest: Vec<DeadLetterEntry>,
+}
+
+/// Lists and counts the dead-letter objects under `prefix` (default `dead-letter/`), keeping the
+/// `limit` newest entries.
+pub async fn dead_letters(
+    p: &Profile,
+    prefix: Option<&str>,
+    limit: usize,
+) -> Result<DeadLetterSummary, Error> {
+    let location = Location::parse(&p.archive_url, "archive_url")?;
+    let store = Store::open(&location, StoreOptions::default()).await?;
+    let prefix = prefix
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{}/", graph::DEAD_LETTER_PREFIX));
+    let mut objects = store
+        .list(&prefix)
+        .await
+        .map_err(|e| read_err("Cloud Storage list", e))?;
+    objects.sort_by(|a, b| b.name.cmp(&a.name));
+    let mut out = DeadLetterSummary {
+        objects: objects.len() as u64,
+        ..DeadLetterSummary::default()
+    };
+    for (i, o) in objects.iter().enumerate() {
+        let d = read_dead_letter(&store, &o.name).await?;
+        let codes: Vec<String> = d.codes().iter().map(|c| c.as_str().to_string()).collect();
+        for c in &codes {
+            *out.by_code.entry(c.clone()).or_default() += 1;
+        }
+        *out.by_stage.entry(d.stage.clone()).or_default() += 1;
+        if i < limit {
+            out.newest.push(DeadLetterEntry {
+                object: o.name.clone(),
+                stage: d.stage.clone(),
+                codes,
+                message_id: d.source.message_id.clone(),
+                failed_at: d.failed_at.to_string(),
+                raw_bytes: d.raw_size.unwrap_or(d.raw.0.len() as u64),
+                issues: d.issues.len() as u64 + d.issues_omitted,
+                first_issue: d.issues.first().map(|i| i.to_string()),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A message waiting on the dead-letter subscription.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PendingDeadLetter {
+    /// Its message id on the dead-letter topic.
+    pub message_id: String,
+    /// Publish time on the dead-letter topic (RFC 3339).
+    pub publish_time: String,
+    /// Attributes: the pipeline's (`stage`, `codes`, `raw_sha256`, ...), or for a message Pub/Sub
+    /// forwarded after `max_delivery_attempts`, the original attributes plus Pub/Sub's
+    /// `CloudPubSubDeadLetterSource*` ones.
+    pub attributes: BTreeMap<String, String>,
+    /// Size of the data.
+    pub data_bytes: u64,
+}
+
+/// Peeks at up to `max` messages waiting on the dead-letter subscription without consuming them: they
+/// are pulled, then handed back at once (`ModifyAckDeadline 0`).
+pub async fn peek_dead_letter_subscription(
+    p: &Profile,
+    max: usize,
+) -> Result<Vec<PendingDeadLetter>, Error> {
+    use fluxo_gcp::pubsub::raw::proto::{ModifyAckDeadlineRequest, PullRequest};
+    use fluxo_gcp::pubsub::{Endpoint, PubsubClient};
+    let client = PubsubClient::connect(Endpoint::resolve(None)?, &p.project).await?;
+    let subscription = client.subscription_path(&p.dead_letter_subscription())?;
+    let mut out = Vec::new();
+    let mut ack_ids = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    while out.len() < max {
+        #[allow(deprecated)]
+        let req = PullRequest {
+            subscription: subscription.clone(),
+            max_messages: (max - out.len()).min(1000) as i32,
+            return_immediately: true,
+        };
+        let resp = client
+            .subscriber()
+            .pull(req, None)
+            .await
+            .map_err(|e| read_err("Pub/Sub pull", e.message()))?
+            .into_inner();
+        let mut fresh = 0;
+        for rm in resp.received_messages {
+            ack_ids.push(rm.ack_id);
+            let Some(m) = rm.message else { continue };
+            if !seen.insert(m.message_id.clone()) {
+                continue;
+            }
+            fresh += 1;
+            let publish_time = m
+                .publish_time
+                .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            out.push(PendingDeadLetter {
+                message_id: m.message_id,
+                publish_time,
+                attributes: m.attributes.into_iter().collect(),
+                data_bytes: m.data.len() as u64,
+            });
+        }
+        if fresh == 0 {
+            break;
+        }
+    }
+    for chunk in ack_ids.chunks(1000) {
+        let req = ModifyAckDeadlineRequest {
+            subscription: subscription.clone(),
+            ack_ids: chunk.to_vec(),
+            ack_deadline_seconds: 0,
+        };
+        client
+            .subscriber()
+            .modify_ack_deadline(req, None)
+            .await
+            .map_err(|e| read_err("Pub/Sub modify_ack_deadline", e.message()))?;
+    }
+    Ok(out)
 }

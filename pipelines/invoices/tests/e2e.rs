@@ -5,63 +5,23 @@
 //! identical Bigtable cells and BigQuery rows, and a worker killed with SIGKILL or stopped with SIGTERM
 //! loses nothing.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use emulators::{Emulators, Service};
 use fluxo::ShutdownSignal;
 use fluxo_gcp::bigquery::{BigQueryAdmin, ClientConfig};
 use fluxo_gcp::bigtable::ReadRow;
-use fluxo_gcp::pubsub::raw::proto::{
-    AcknowledgeRequest, PublishRequest, PubsubMessage as RawMessage, PullRequest,
-};
+use fluxo_gcp::pubsub::raw::proto::{PublishRequest, PubsubMessage as RawMessage};
 use fluxo_gcp::pubsub::{Endpoint, PubsubClient, SubscriptionOptions};
 use invoice_api::{Generator, GeneratorConfig};
 use invoices::config::{ConfigFile, Profile};
 use invoices::{query, RunSettings};
 
-async fn start_stack() -> Emulators {
-    let emulators = tokio::task::spawn_blocking(|| {
-        Emulators::start(&[
-            Service::PubSub,
-            Service::Bigtable,
-            Service::Storage,
-            Service::BigQuery,
-        ])
-        .expect("emulators")
-    })
-    .await
-    .unwrap();
-    emulators.export_env();
-    emulators
-}
-
-fn profile_toml(project: &str, name: &str, extra: &str) -> String {
-    format!(
-        r#"[profiles.test]
-project = "{project}"
-topic = "{name}"
-subscription = "{name}-pipeline"
-dead_letter_topic = "{name}-dead-letter"
-bigtable_instance = "test-instance"
-bigtable_table = "{name}"
-bigquery_dataset = "{name}"
-archive_url = "gs://{name}-archive"
-{extra}
-[profiles.test.tuning]
-ack_deadline_secs = 10
-"#
-    )
-}
-
-fn profile(project: &str, name: &str, extra: &str) -> Profile {
-    ConfigFile::parse(&profile_toml(project, name, extra), "test.toml")
-        .unwrap()
-        .profile("test", "test.toml")
-        .unwrap()
-}
+use common::{drain, profile, profile_toml, start_stack, trim_decimal};
 
 /// What the generator sent: valid records by id, and the expected code of each malformed one.
 struct Sent {
@@ -129,14 +89,6 @@ async fn publish(p: &Profile, count: u64) -> Sent {
     sent
 }
 
-fn trim_decimal(s: &str) -> String {
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s.to_string()
-    }
-}
-
 async fn all_rows(p: &Profile) -> Vec<ReadRow> {
     let reader = query::reader(p).await.unwrap();
     let mut rows = reader.scan_prefix(Bytes::new(), 0).await.unwrap();
@@ -167,52 +119,6 @@ async fn bigquery_rows(p: &Profile, table: &str, columns: &str) -> Vec<String> {
 const INVOICE_COLUMNS: &str = "nfe_id, nfe_number, emission_time, emission_date, emission_raw, \
     creation_time, creation_raw, CAST(discount AS STRING) AS discount, CAST(gross AS STRING) AS gross, \
     CAST(net AS STRING) AS net, item_count, content_hash, message_id, publish_time";
-
-/// Pulls everything on a subscription (acking it) until it stays empty for a second.
-async fn drain(client: &PubsubClient, sub: &str) -> Vec<RawMessage> {
-    let subscription = client.subscription_path(sub).unwrap();
-    let mut out = Vec::new();
-    let mut quiet_since = Instant::now();
-    while quiet_since.elapsed() < Duration::from_secs(2) {
-        #[allow(deprecated)]
-        let req = PullRequest {
-            subscription: subscription.clone(),
-            max_messages: 1000,
-            return_immediately: true,
-        };
-        let resp = match client.subscriber().pull(req, None).await {
-            Ok(r) => r.into_inner(),
-            Err(e) => {
-                eprintln!("pull failed, retrying: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-        };
-        if resp.received_messages.is_empty() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        }
-        quiet_since = Instant::now();
-        let ack_ids = resp
-            .received_messages
-            .iter()
-            .map(|m| m.ack_id.clone())
-            .collect();
-        client
-            .subscriber()
-            .acknowledge(
-                AcknowledgeRequest {
-                    subscription: subscription.clone(),
-                    ack_ids,
-                },
-                None,
-            )
-            .await
-            .unwrap();
-        out.extend(resp.received_messages.into_iter().filter_map(|m| m.message));
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stream_then_replay_land_everything_exactly_once_per_invoice() {
