@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::channel::Watermark;
 use crate::element::{Data, Element, PaneInfo, Timestamp, Window};
-use crate::finalizer::{Finalizers, Guarded, Status};
+use crate::finalizer::{Finalizers, Status};
 use crate::metrics::StepMetrics;
 use crate::operator::{Operator, Output};
 use crate::window::WindowFn;
@@ -460,8 +460,8 @@ enum Pending<F: BatchFn> {
 }
 
 /// The operator behind every element-wise step. With parallelism 1 it processes batches inline; with
-/// more it runs up to that many batches at once on the runtime's worker threads, one function instance
-/// each, and emits results (and watermarks) in input order.
+/// more it runs up to that many batches at once on the runtime's blocking threads, one function
+/// instance each, and emits results (and watermarks) in input order.
 pub(crate) struct ElementwiseOp<F: BatchFn> {
     pool: Vec<F>,
     parallelism: usize,
@@ -582,7 +582,11 @@ impl<F: BatchFn> Operator for ElementwiseOp<F> {
         if let Some(mut f) = self.pool.pop() {
             f.set_input_watermark(self.input_watermark);
             self.in_flight += 1;
-            let handle = tokio::spawn(Guarded::new(async move { run_batch(f, batch) }));
+            // On the blocking pool, not a runtime worker: a batch is CPU work (a batch of large
+            // records can take tens of milliseconds), and the runtime's workers must stay free for
+            // sources, sinks, acknowledgements, lease extensions and the health endpoint. A result
+            // nobody receives (the step was aborted) is dropped as not delivered (see `Done`).
+            let handle = tokio::task::spawn_blocking(move || run_batch(f, batch));
             self.pending.push_back(Pending::Batch(handle));
         }
     }
@@ -619,8 +623,9 @@ impl<F: BatchFn> Operator for ElementwiseOp<F> {
 
 impl<F: BatchFn> Drop for ElementwiseOp<F> {
     fn drop(&mut self) {
-        // Batches still running belong to a step that failed or was aborted: stop them; their elements
-        // resolve as errored (see `Guarded` and `Done`).
+        // Batches still pending belong to a step that failed or was aborted. One not started yet is
+        // cancelled; one running on a blocking thread finishes, and its result, which nobody receives,
+        // resolves its elements as errored (see `Done`).
         for p in &self.pending {
             if let Pending::Batch(h) = p {
                 h.abort();

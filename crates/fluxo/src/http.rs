@@ -68,6 +68,31 @@ pub async fn serve(
         .await
 }
 
+/// [`serve`] on a thread of its own with a single-threaded runtime, so that the endpoints answer
+/// promptly however busy the pipeline's runtime is (a liveness probe must not time out because every
+/// worker thread is validating large records). Returns when the server is listening; the thread
+/// ends once `shutdown` resolves and open requests are answered.
+pub(crate) fn serve_on_own_thread(
+    listener: std::net::TcpListener,
+    metrics: Metrics,
+    health: Health,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<std::io::Result<()>>> {
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    std::thread::Builder::new()
+        .name("fluxo-http".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                serve(listener, metrics, health, shutdown).await
+            })
+        })
+}
+
 /// Whether the client accepts OpenMetrics text.
 fn wants_openmetrics(headers: &HeaderMap) -> bool {
     headers

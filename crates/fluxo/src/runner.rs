@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::finalizer::Guarded;
-use crate::http::{serve, Health};
+use crate::http::{serve_on_own_thread, Health};
 use crate::metrics::StepMetrics;
 use crate::operator::sleep_until;
 use crate::pipeline::{PipelineError, RunOptions, Runnable, StepFuture, StepKind};
@@ -35,16 +35,16 @@ pub(crate) async fn run(
     let server_stop = Shutdown::new();
     let server = match options.metrics_addr {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| PipelineError::Metrics { addr, source })?;
             let stop = server_stop.signal();
-            Some(tokio::spawn(serve(
-                listener,
-                runnable.metrics.clone(),
-                health.clone(),
-                async move { stop.wait().await },
-            )))
+            let started = std::net::TcpListener::bind(addr).and_then(|listener| {
+                serve_on_own_thread(
+                    listener,
+                    runnable.metrics.clone(),
+                    health.clone(),
+                    async move { stop.wait().await },
+                )
+            });
+            Some(started.map_err(|source| PipelineError::Metrics { addr, source })?)
         }
         None => None,
     };
@@ -106,7 +106,7 @@ pub(crate) async fn run(
 
     server_stop.trigger();
     if let Some(s) = server {
-        let _ = s.await;
+        let _ = tokio::task::spawn_blocking(move || s.join()).await;
     }
 
     let report = RunReport {
