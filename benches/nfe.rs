@@ -1,14 +1,20 @@
-//! Invoice domain throughput: parse + validate + enrich + Bigtable row encoding per invoice.
+//! Invoice domain throughput: parse + validate + enrich + Bigtable row encoding per invoice, and the
+//! cost of hostile records by size.
 //!
 //! Run with `cargo bench --bench nfe`. Inputs are generated here: reference-sized invoices (the
 //! shape of `crates/nfe/testdata/challenge-invoices.json`, pretty-printed the same way) with 1 to
-//! 8 items. Results: `docs/benchmarks.md`.
+//! 8 items; and hostile records of 1 KiB to 1,000 KiB full of strings that are not UTF-8 (group
+//! `nfe_hostile`, throughput in bytes: a constant rate across sizes means a cost linear in the
+//! record's size). Results: `docs/benchmarks.md`.
 
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use nfe::{split_page, BigtableLayout, ValidationConfig};
+#[path = "common/hostile.rs"]
+mod hostile_records;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use nfe::{split_page, BigtableLayout, Delivery, Intake, SourceMeta, ValidationConfig};
 
 const PRODUCTS: [&str; 12] = [
     "Rice",
@@ -166,5 +172,46 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// The Validate step on hostile records: intake (parse, validate, at most 100 issues kept) and the
+/// dead letter's two encodings (object and topic message), per byte of record.
+fn bench_hostile(c: &mut Criterion) {
+    let intake = Intake::new(
+        ValidationConfig::default().build().expect("config"),
+        Some(9),
+    );
+    let mut group = c.benchmark_group("nfe_hostile");
+    group.measurement_time(Duration::from_secs(4));
+    group.sample_size(20);
+    for (shape, items) in [("bad_strings", false), ("bad_items", true)] {
+        for kib in [1usize, 10, 100, 1000] {
+            let record = hostile_records::hostile(kib * 1024, items, 1);
+            let dead = intake
+                .process(&record, &Delivery::default(), SourceMeta::default)
+                .expect_err("hostile records are dead letters");
+            eprintln!(
+                "nfe_hostile/{shape}/{kib}KiB: {} bytes, {} issues kept, {} omitted",
+                record.len(),
+                dead.issues.len(),
+                dead.issues_omitted
+            );
+            group.throughput(Throughput::Bytes(record.len() as u64));
+            group.bench_with_input(
+                BenchmarkId::new(shape, format!("{kib}KiB")),
+                &record,
+                |b, r| {
+                    b.iter(|| {
+                        let d = intake
+                            .process(black_box(r), &Delivery::default(), SourceMeta::default)
+                            .expect_err("dead letter");
+                        let encoded = invoices::graph::encode_dead_letter(&d, "gs://bucket");
+                        black_box((encoded.object.0.len(), encoded.message.data.len()))
+                    })
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_hostile);
 criterion_main!(benches);
