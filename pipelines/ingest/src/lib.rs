@@ -138,8 +138,8 @@ pub fn page_messages(page: HttpPage, validator: &nfe::Validator, source: &str) -
                 .with_attribute(attr::PAGE_CURSOR, page.position.to_string()),
         )
     };
-    if let Some(reason) = &page.broken {
-        return vec![dead(reason.to_string())];
+    if let Some(broken) = &page.broken {
+        return vec![dead(broken.reason.to_string())];
     }
     let split = match nfe::split_page(&page.records) {
         Ok(s) => s,
