@@ -20,6 +20,11 @@ use crate::config::{Credential, ValidConfig};
 use crate::paginate::{PageError, PageOutcome};
 use crate::scan::ScanError;
 
+/// Longest request URL an HTTP client can send: the `http` crate's limit (`u16::MAX - 1`), which
+/// reqwest enforces with the bare message "Parsed Url is not a valid Uri"; checked here first to say
+/// why.
+const MAX_URL_BYTES: usize = u16::MAX as usize - 1;
+
 /// Longest URL or position quoted in an error message or a log line; longer ones are clipped with a
 /// `...[+N bytes]` marker (they stay whole in pages, checkpoints and requests).
 const QUOTE_BYTES: usize = 256;
@@ -191,6 +196,15 @@ pub enum HttpSourceError {
     /// Another run advanced the checkpoint.
     #[error("the checkpoint moved under this run (another run advanced it); stopping")]
     Conflict,
+    /// The request cannot be sent at all (for example a URL longer than an HTTP client takes, built
+    /// from a position the API handed out): not retried.
+    #[error("{} ({} bytes): the request cannot be sent: {reason}", Short(.url), .url.len())]
+    Unsendable {
+        /// The request URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// A page above `max_page_bytes` whose successor cannot be found without its body.
     #[error("{}: the page body is larger than max_page_bytes ({limit} bytes{}) and the next position is inside it, so the page cannot be skipped; raise max_page_bytes or lower page_size", Short(.url), .announced.map(|n| format!("; Content-Length: {n}")).unwrap_or_default())]
     PageTooLarge {
@@ -333,6 +347,15 @@ impl<S: CheckpointStore> Poller<S> {
     ) -> Result<Option<(HeaderMap, Bytes, Result<PageOutcome, PageError>)>, HttpSourceError> {
         let c = &self.cfg.config;
         let cap = usize::try_from(c.max_page_bytes).unwrap_or(usize::MAX);
+        if url.as_str().len() > MAX_URL_BYTES {
+            return Err(HttpSourceError::Unsendable {
+                url: url.to_string(),
+                reason: format!(
+                    "the URL is longer than the {MAX_URL_BYTES} bytes an HTTP request can carry \
+                     (the position in it came from the API)"
+                ),
+            });
+        }
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -369,7 +392,9 @@ impl<S: CheckpointStore> Poller<S> {
                                 };
                                 return Ok(Some((headers, prefix, Err(e))));
                             }
-                            Err(e) => format!("reading the body: {e}"),
+                            Err(e) => {
+                                format!("reading the body: {}", error_chain(&e.without_url()))
+                            }
                         }
                     } else if status == StatusCode::TOO_MANY_REQUESTS
                         || status == StatusCode::REQUEST_TIMEOUT
@@ -396,8 +421,17 @@ impl<S: CheckpointStore> Poller<S> {
                         });
                     }
                 }
+                // The request cannot be built (a URL above the 65,534 bytes the `http` crate takes):
+                // retrying cannot help.
+                Err(e) if e.is_builder() => {
+                    return Err(HttpSourceError::Unsendable {
+                        url: url.to_string(),
+                        reason: error_chain(&e.without_url()),
+                    })
+                }
                 Err(e) if e.is_timeout() => "timed out".to_string(),
-                Err(e) => format!("{e}"),
+                // Without the URL: the message already starts with it, and it may be long.
+                Err(e) => error_chain(&e.without_url()),
             };
             if attempt >= c.retry.max_attempts {
                 return Err(HttpSourceError::GaveUp {
@@ -556,6 +590,21 @@ impl<S: CheckpointStore> Poller<S> {
             token = Some(next);
         }
     }
+}
+
+/// An error and its sources on one line (`a: b: c`), as reqwest's own `Display` shows only the first.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out.replace('\n', " ")
 }
 
 /// A body read under a cap.

@@ -745,3 +745,47 @@ async fn the_lease_is_renewed_while_a_retry_after_longer_than_it_is_waited_out()
     assert_eq!(assert_all_arrived(&g, &out.values()), 0);
     assert_eq!(store.load().await.unwrap().as_deref(), Some("after-500"));
 }
+
+#[tokio::test]
+async fn a_cursor_too_long_for_the_api_to_take_back_fails_the_run_with_one_short_line() {
+    // The API hands out a 1 MiB cursor: no HTTP client can send a URL that long (the `http` crate
+    // takes up to 65,534 bytes). The page that carried it was delivered, so its cursor is committed
+    // whole; the next request fails at once, not retried, with the URL clipped in the message.
+    use axum::routing::get;
+    const CURSOR: usize = 1024 * 1024;
+    let app = axum::Router::new().route(
+        "/huge",
+        get(|| async {
+            format!(
+                r#"{{"items":[{{"NFeID":1}}],"next_cursor":"{}","has_more":true}}"#,
+                "c".repeat(CURSOR)
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let cfg = HttpSourceConfig {
+        url: format!("http://{addr}/huge"),
+        run_id: "huge".into(),
+        ..HttpSourceConfig::default()
+    };
+    let store = MemoryCheckpointStore::new();
+    let r = run_collecting(&cfg, store.clone()).await;
+    let err = r.error.expect("the run must fail");
+    println!("{err}");
+    assert!(!err.contains('\n'));
+    assert!(err.len() < 1_000, "{} bytes", err.len());
+    let url_len = format!("http://{addr}/huge?cursor=&page_size=500").len() + CURSOR;
+    assert!(
+        err.ends_with(&format!(
+            "...[+{} bytes] ({url_len} bytes): the request cannot be sent: the URL is longer than \
+             the 65534 bytes an HTTP request can carry (the position in it came from the API)",
+            url_len - 256
+        )),
+        "{err}"
+    );
+    assert_eq!(r.summary.retries, 0);
+    assert_eq!(r.records.len(), 1);
+    assert_eq!(store.load().await.unwrap().map(|c| c.len()), Some(CURSOR));
+}
