@@ -59,16 +59,6 @@ pub enum BrokenKind {
     TooLarge,
 }
 
-impl BrokenKind {
-    /// A stable code for the kind: `page_unreadable` or `page_too_large`.
-    pub fn code(self) -> &'static str {
-        match self {
-            BrokenKind::Unreadable => "page_unreadable",
-            BrokenKind::TooLarge => "page_too_large",
-        }
-    }
-}
-
 /// A page emitted without records, for a dead-letter output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broken {
