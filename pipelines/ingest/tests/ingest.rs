@@ -139,16 +139,6 @@ impl Stack {
 
     /// Pulls and acknowledges everything on a subscription until it stays empty.
     async fn drain(&self, subscription: &str) -> Vec<(Vec<u8>, HashMap<String, String>)> {
-        self.drain_by(subscription, 1_000).await
-    }
-
-    /// [`Stack::drain`], `max_messages` at a time (one for messages of megabytes: a pull answer holds
-    /// at most 16 MiB).
-    async fn drain_by(
-        &self,
-        subscription: &str,
-        max_messages: i32,
-    ) -> Vec<(Vec<u8>, HashMap<String, String>)> {
         let sub = format!("projects/{PROJECT}/subscriptions/{subscription}");
         let mut out = Vec::new();
         let mut empty = 0;
@@ -159,7 +149,7 @@ impl Stack {
                 .pull(
                     PullRequest {
                         subscription: sub.clone(),
-                        max_messages,
+                        max_messages: 1_000,
                         // Deprecated on the real service, honoured by the emulator: an empty
                         // subscription answers at once instead of holding the request open.
                         #[allow(deprecated)]
@@ -570,7 +560,7 @@ async fn a_record_at_the_default_limit_with_a_long_cursor_fits_one_publish_reque
     assert_eq!(report.poll.outcome, Outcome::CaughtUp);
     assert_eq!(report.limits.max_record_bytes, 8_872_000);
     assert_eq!((report.published, report.dead_letters), (200, 0));
-    let got = s.drain_by("all", 1).await;
+    let got = s.drain("all").await;
     assert_eq!(got.len(), 200);
     let big: Vec<_> = got.iter().filter(|(d, _)| d.len() == limit).collect();
     assert_eq!(big.len(), 2);
@@ -591,7 +581,7 @@ async fn a_record_at_the_default_limit_with_a_long_cursor_fits_one_publish_reque
         assert_eq!(data.len(), 65_536);
         assert_eq!(a[attr::RAW_BYTES], (limit + 1).to_string());
     }
-    assert_eq!(s.drain_by("all", 1).await.len(), 198);
+    assert_eq!(s.drain("all").await.len(), 198);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
