@@ -73,6 +73,20 @@ impl RetryPolicy {
     }
 }
 
+/// Default of [`HttpSourceConfig::max_page_bytes`]: 64 MiB.
+///
+/// A page is held in memory until every record of it was delivered, so the cap bounds what one page
+/// costs (and, times `max_pages_in_flight`, what the pages in flight may cost at worst). It is set far
+/// above ordinary pages (a page of 1,000 invoices of the reference API is under 1 MiB) and above
+/// several records of the largest size a Pub/Sub message can carry (10 MB), so that an oversize
+/// *record* is caught by the consumer's record limit (and set aside alone) before its page reaches
+/// this cap, which cannot be skipped with a cursor in the body.
+pub const DEFAULT_MAX_PAGE_BYTES: u64 = 64 * 1024 * 1024;
+/// Smallest accepted [`HttpSourceConfig::max_page_bytes`]: 1 KiB.
+pub const MIN_MAX_PAGE_BYTES: u64 = 1024;
+/// Largest accepted [`HttpSourceConfig::max_page_bytes`]: 1 GiB (a page is one buffer in memory).
+pub const MAX_MAX_PAGE_BYTES: u64 = 1024 * 1024 * 1024;
+
 /// The HTTP polling source's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -91,6 +105,13 @@ pub struct HttpSourceConfig {
     pub auth: Auth,
     /// Timeout of one request, body included, in milliseconds. Default: 30,000.
     pub request_timeout_ms: u64,
+    /// Largest page body read, in bytes ([`MIN_MAX_PAGE_BYTES`]..=[`MAX_MAX_PAGE_BYTES`]). The body is
+    /// read chunk by chunk and never buffered beyond this (a `Content-Length` above it is refused
+    /// before reading). A larger page is skipped as a broken page when the pagination finds the next
+    /// page without the body (page numbers, next links); with a cursor in the body the run fails,
+    /// saying to raise this or lower `page_size`. Default: [`DEFAULT_MAX_PAGE_BYTES`] (64 MiB; see
+    /// there why).
+    pub max_page_bytes: u64,
     /// Retries of one page.
     pub retry: RetryPolicy,
     /// Most pages read in one run; the run then stops cleanly with its checkpoint. Default: no limit.
@@ -114,6 +135,7 @@ impl Default for HttpSourceConfig {
             page_size_param: "page_size".into(),
             auth: Auth::None,
             request_timeout_ms: 30_000,
+            max_page_bytes: DEFAULT_MAX_PAGE_BYTES,
             retry: RetryPolicy::default(),
             max_pages: None,
             max_pages_in_flight: 16,
@@ -219,6 +241,15 @@ impl HttpSourceConfig {
         if self.request_timeout_ms == 0 {
             return Err(invalid("request_timeout_ms", "must be at least 1"));
         }
+        if !(MIN_MAX_PAGE_BYTES..=MAX_MAX_PAGE_BYTES).contains(&self.max_page_bytes) {
+            return Err(invalid(
+                "max_page_bytes",
+                format!(
+                    "{} is not between {MIN_MAX_PAGE_BYTES} and {MAX_MAX_PAGE_BYTES}",
+                    self.max_page_bytes
+                ),
+            ));
+        }
         if self.retry.max_attempts == 0 {
             return Err(invalid("retry.max_attempts", "must be at least 1"));
         }
@@ -312,7 +343,35 @@ mod tests {
             }
         );
         assert_eq!(c.page_size, Some(500));
+        assert_eq!(c.max_page_bytes, DEFAULT_MAX_PAGE_BYTES);
         assert!(serde_json::from_str::<HttpSourceConfig>(r#"{"urll":"x"}"#).is_err());
+        let c: HttpSourceConfig =
+            serde_json::from_str(r#"{"url":"http://x/i","max_page_bytes":2048}"#).unwrap();
+        assert_eq!(c.max_page_bytes, 2048);
+    }
+
+    #[test]
+    fn page_cap_bounds() {
+        let at = |n: u64| HttpSourceConfig {
+            url: "http://x/i".into(),
+            max_page_bytes: n,
+            ..Default::default()
+        };
+        for ok in [
+            MIN_MAX_PAGE_BYTES,
+            DEFAULT_MAX_PAGE_BYTES,
+            MAX_MAX_PAGE_BYTES,
+        ] {
+            assert!(at(ok).validate_with(|_| None).is_ok(), "{ok}");
+        }
+        for bad in [0, MIN_MAX_PAGE_BYTES - 1, MAX_MAX_PAGE_BYTES + 1] {
+            assert_eq!(
+                at(bad).validate_with(|_| None).unwrap_err().to_string(),
+                format!(
+                    "invalid http source max_page_bytes: {bad} is not between 1024 and 1073741824"
+                )
+            );
+        }
     }
 
     #[test]

@@ -95,8 +95,16 @@ pub enum PageError {
     #[error(transparent)]
     Body(#[from] ScanError),
     /// The next link is not a URL.
-    #[error("the next link '{0}' is not a valid URL")]
+    #[error("the next link '{}' is not a valid URL", crate::source::Short(.0))]
     BadLink(String),
+    /// The body is larger than the configured `max_page_bytes`; it was not read past the cap.
+    #[error("the page body is larger than max_page_bytes ({limit} bytes{})", .announced.map(|n| format!("; Content-Length: {n}")).unwrap_or_default())]
+    TooLarge {
+        /// The cap.
+        limit: u64,
+        /// The body size the server announced, if it did.
+        announced: Option<u64>,
+    },
 }
 
 impl Pagination {

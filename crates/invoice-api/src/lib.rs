@@ -4,7 +4,8 @@
 //! `shared/data/challenge-invoices.json`), generated from a seed, with a configurable share of malformed
 //! records, in page-number and cursor styles, incrementally (records changed since a watermark), behind a
 //! bearer token, with fault switches (latency, 429 with `Retry-After`, 5xx, hangs, truncated bodies,
-//! records duplicated across pages). See [`server`] for the routes.
+//! records duplicated across pages, pages that cannot be delimited, oversize records, long cursors and
+//! next links). See [`server`] for the routes.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {

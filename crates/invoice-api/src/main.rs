@@ -41,7 +41,7 @@ struct Args {
     /// Share of requests answered 429 with Retry-After.
     #[arg(long, default_value_t = 0.0)]
     rate_429: f64,
-    /// Retry-After seconds sent with a 429.
+    /// Retry-After seconds sent with a 429; above 0, the 5xx answers are 503 with it too.
     #[arg(long, default_value_t = 0)]
     retry_after_secs: u64,
     /// Share of requests answered 500/503.
@@ -62,6 +62,15 @@ struct Args {
     /// Share of pages that cannot be delimited (always the same pages).
     #[arg(long, default_value_t = 0.0)]
     rate_broken_page: f64,
+    /// Serve every record whose id is a multiple of this padded to --pad-record-to-bytes (0: none).
+    #[arg(long, default_value_t = 0)]
+    pad_record_every: u64,
+    /// Length in bytes of a padded record.
+    #[arg(long, default_value_t = 0)]
+    pad_record_to_bytes: u64,
+    /// Bytes of padding added to every cursor and next link handed out.
+    #[arg(long, default_value_t = 0)]
+    pad_position_bytes: u64,
 }
 
 #[tokio::main]
@@ -91,6 +100,9 @@ async fn main() -> anyhow::Result<()> {
         rate_truncate: a.rate_truncate,
         rate_duplicate: a.rate_duplicate,
         rate_broken_page: a.rate_broken_page,
+        pad_record_every: a.pad_record_every,
+        pad_record_to_bytes: a.pad_record_to_bytes,
+        pad_position_bytes: a.pad_position_bytes,
     };
     let api = RunningApi::start(&a.listen, generator, a.token, faults)
         .await

@@ -35,7 +35,9 @@ pub struct Faults {
     pub latency_ms: u64,
     /// Share of requests answered `429 Too Many Requests` with a `Retry-After` header. Default: 0.
     pub rate_429: f64,
-    /// `Retry-After` seconds sent with a 429. Default: 0 (the header says `0`: retry now).
+    /// `Retry-After` seconds sent with a 429 (default: 0, the header says `0`: retry now). When above
+    /// 0, the `rate_5xx` answers are all `503 Service Unavailable` with this `Retry-After` too (a server
+    /// in maintenance).
     pub retry_after_secs: u64,
     /// Share of requests answered with a 500 or 503. Default: 0.
     pub rate_5xx: f64,
@@ -52,6 +54,16 @@ pub struct Faults {
     /// the page's first record, so the same page is broken on every request, like a bad record at the
     /// source. Default: 0.
     pub rate_broken_page: f64,
+    /// Every record whose id is a multiple of this is served padded (see `pad_record_to_bytes`): a
+    /// record above a consumer's size limit. Default: 0 (none).
+    pub pad_record_every: u64,
+    /// Length in bytes of a padded record: a `"Padding":"xx..."` field is added before its closing
+    /// brace to reach exactly this length (a record already as long is left as it is). Default: 0.
+    pub pad_record_to_bytes: u64,
+    /// Bytes of padding added to every position the API hands out: the feed's `next_cursor` becomes
+    /// `after-N~xx...` (the API ignores what follows `~` when the cursor comes back) and the `Link` of
+    /// `/invoices` gets a `pad=xx...` parameter. Default: 0 (none).
+    pub pad_position_bytes: u64,
 }
 
 impl Faults {
@@ -67,6 +79,9 @@ impl Faults {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("{name} = {v} is not between 0 and 1"));
             }
+        }
+        if self.pad_record_every > 0 && self.pad_record_to_bytes == 0 {
+            return Err("pad_record_every is set but pad_record_to_bytes is 0".into());
         }
         Ok(())
     }
@@ -169,6 +184,20 @@ impl Api {
     /// The generator behind the pages.
     pub fn generator(&self) -> &Generator {
         &self.state.generator
+    }
+
+    /// The exact bytes of record `id` as served under the current fault switches (padded when
+    /// [`Faults::pad_record_every`] selects it, else [`Generator::record`]).
+    pub fn served_record(&self, id: u64) -> Vec<u8> {
+        let faults = self
+            .state
+            .faults
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut out = Vec::with_capacity(512);
+        write_served_record(&self.state.generator, id, &faults, &mut out);
+        out
     }
 
     /// The axum router.
@@ -289,7 +318,10 @@ fn draw(state: &AppState, n: u64, faults: &Faults) -> (Fault, bool) {
 /// Common path of both page styles: auth, faults, body. `render` builds the body from the id range.
 async fn serve<F>(state: &AppState, headers: &HeaderMap, render: F) -> Response
 where
-    F: FnOnce(bool, f64) -> Result<(Vec<u8>, u64, Vec<(header::HeaderName, String)>), BadRequest>,
+    F: FnOnce(
+        bool,
+        &Faults,
+    ) -> Result<(Vec<u8>, u64, Vec<(header::HeaderName, String)>), BadRequest>,
 {
     let c = &state.counters;
     let n = c.requests.fetch_add(1, Ordering::Relaxed);
@@ -321,6 +353,14 @@ where
         }
         Fault::ServerError(code) => {
             c.server_errors.fetch_add(1, Ordering::Relaxed);
+            if faults.retry_after_secs > 0 {
+                let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "injected maintenance");
+                r.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(faults.retry_after_secs),
+                );
+                return r;
+            }
             return error(code, "injected server error");
         }
         Fault::Hang => {
@@ -335,7 +375,7 @@ where
         }
         Fault::Truncate | Fault::None => {}
     }
-    let (body, records, extra) = match render(duplicate, faults.rate_broken_page) {
+    let (body, records, extra) = match render(duplicate, &faults) {
         Ok(x) => x,
         Err(r) => return r.into_response(),
     };
@@ -381,12 +421,33 @@ fn broken_page(g: &Generator, first: u64, rate: f64) -> bool {
     unit < rate
 }
 
+/// Appends record `id` as served under `faults` (padded, see [`Faults::pad_record_every`]).
+fn write_served_record(g: &Generator, id: u64, faults: &Faults, out: &mut Vec<u8>) {
+    let start = out.len();
+    g.write_record(id, out);
+    if faults.pad_record_every == 0 || id % faults.pad_record_every != 0 {
+        return;
+    }
+    const FIELD: &[u8] = b",\"Padding\":\"";
+    // The record ends with its closing brace: the field goes just before it.
+    let len = (out.len() - start) as u64;
+    let fixed = (FIELD.len() + 1) as u64; // the field's name and quotes
+    let Some(pad) = faults.pad_record_to_bytes.checked_sub(len + fixed) else {
+        return;
+    };
+    out.pop();
+    out.extend_from_slice(FIELD);
+    out.resize(out.len() + pad as usize, b'x');
+    out.extend_from_slice(b"\"}");
+}
+
 /// Writes records `ids` as a JSON array (pretty like the sample when the generator is); a broken page
 /// gets an unmatched `[` first.
 fn write_array(
     g: &Generator,
     ids: impl Iterator<Item = u64>,
     broken: bool,
+    faults: &Faults,
     out: &mut Vec<u8>,
 ) -> u64 {
     let pretty = g.config().pretty;
@@ -402,7 +463,7 @@ fn write_array(
         if pretty {
             out.extend_from_slice(b"\n   ");
         }
-        g.write_record(id, out);
+        write_served_record(g, id, faults, out);
         n += 1;
     }
     if pretty {
@@ -425,7 +486,7 @@ async fn pages(
     Query(q): Query<PageQuery>,
 ) -> Response {
     let st = state.clone();
-    serve(&state, &headers, move |duplicate, broken_rate| {
+    serve(&state, &headers, move |duplicate, faults| {
         let size = page_size(q.page_size)?;
         let page = q.page.unwrap_or(1);
         if page == 0 {
@@ -435,14 +496,19 @@ async fn pages(
         let first = start.saturating_add((page - 1).saturating_mul(size));
         let g = &st.generator;
         let mut body = Vec::with_capacity(size as usize * 600);
-        let broken = broken_page(g, first, broken_rate);
-        let records = write_array(g, page_ids(g, first, size, duplicate), broken, &mut body);
+        let broken = broken_page(g, first, faults.rate_broken_page);
+        let ids = page_ids(g, first, size, duplicate);
+        let records = write_array(g, ids, broken, faults, &mut body);
         let mut extra = Vec::new();
         if first.saturating_add(size) <= g.count() {
             let mut next = format!("/invoices?page={}&page_size={size}", page + 1);
             if let Some(s) = &q.since {
                 next.push_str("&since=");
                 next.push_str(s);
+            }
+            if faults.pad_position_bytes > 0 {
+                next.push_str("&pad=");
+                next.push_str(&position_padding(faults));
             }
             extra.push((header::LINK, format!("<{next}>; rel=\"next\"")));
         }
@@ -451,7 +517,14 @@ async fn pages(
     .await
 }
 
+/// The padding of positions (see [`Faults::pad_position_bytes`]).
+fn position_padding(faults: &Faults) -> String {
+    "x".repeat(faults.pad_position_bytes as usize)
+}
+
+/// `after-N`, ignoring a `~padding` suffix.
 fn parse_cursor(c: &str) -> Option<u64> {
+    let c = c.split_once('~').map_or(c, |(head, _)| head);
     c.strip_prefix("after-")?.parse().ok()
 }
 
@@ -461,7 +534,7 @@ async fn feed(
     Query(q): Query<FeedQuery>,
 ) -> Response {
     let st = state.clone();
-    serve(&state, &headers, move |duplicate, broken_rate| {
+    serve(&state, &headers, move |duplicate, faults| {
         let size = page_size(q.limit)?;
         let first = match &q.cursor {
             Some(c) => parse_cursor(c)
@@ -473,12 +546,18 @@ async fn feed(
         let end = first.saturating_add(size).min(g.count() + 1).max(first);
         let mut body = Vec::with_capacity(size as usize * 600 + 64);
         body.extend_from_slice(b"{\"items\":");
-        let broken = broken_page(g, first, broken_rate);
-        let records = write_array(g, page_ids(g, first, size, duplicate), broken, &mut body);
+        let broken = broken_page(g, first, faults.rate_broken_page);
+        let ids = page_ids(g, first, size, duplicate);
+        let records = write_array(g, ids, broken, faults, &mut body);
         let next = end - 1;
         let has_more = end <= g.count();
+        let pad = if faults.pad_position_bytes > 0 {
+            format!("~{}", position_padding(faults))
+        } else {
+            String::new()
+        };
         body.extend_from_slice(
-            format!(",\"next_cursor\":\"after-{next}\",\"has_more\":{has_more}}}").as_bytes(),
+            format!(",\"next_cursor\":\"after-{next}{pad}\",\"has_more\":{has_more}}}").as_bytes(),
         );
         Ok((body, records, Vec::new()))
     })

@@ -327,3 +327,93 @@ async fn bad_requests_get_a_clear_error() {
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+#[tokio::test]
+async fn size_switches_pad_records_and_positions() {
+    let faults = Faults {
+        pad_record_every: 7,
+        pad_record_to_bytes: 50_000,
+        pad_position_bytes: 3_000,
+        ..Faults::default()
+    };
+    let api = start(30, faults).await;
+    let c = client();
+    // Cursor style: records 7, 14, 21, 28 are exactly 50,000 bytes and still one JSON object each.
+    let mut cursor: Option<String> = None;
+    let mut seen = Vec::new();
+    loop {
+        let mut url = format!("{}/invoices/feed?limit=10", api.url());
+        if let Some(c) = &cursor {
+            url.push_str("&cursor=");
+            url.push_str(c);
+        }
+        let r = c.get(&url).bearer_auth("t0k3n").send().await.unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        let feed = Feed::parse(&r.bytes().await.unwrap());
+        assert_eq!(feed.next_cursor.len(), "after-".len() + 2 + 1 + 3_000);
+        assert!(feed.next_cursor.contains('~'));
+        seen.extend(feed.items);
+        if !feed.has_more {
+            break;
+        }
+        cursor = Some(feed.next_cursor);
+    }
+    assert_eq!(seen.len(), 30);
+    for (i, rec) in seen.iter().enumerate() {
+        let id = i as u64 + 1;
+        assert_eq!(rec, &api.api().served_record(id), "record {id}");
+        if id % 7 == 0 {
+            assert_eq!(rec.len(), 50_000, "record {id}");
+            assert!(rec.ends_with(b"xx\"}"));
+        } else {
+            assert_eq!(rec, &api.api().generator().record(id), "record {id}");
+        }
+    }
+    // Page-number style: the next link carries the padding and is accepted back.
+    let r = c
+        .get(format!("{}/invoices?page=1&page_size=10", api.url()))
+        .bearer_auth("t0k3n")
+        .send()
+        .await
+        .unwrap();
+    let link = r.headers()["link"].to_str().unwrap().to_string();
+    assert!(link.len() > 3_000, "{link}");
+    let next = link.trim_start_matches('<').split('>').next().unwrap();
+    let r = c
+        .get(format!("{}{next}", api.url()))
+        .bearer_auth("t0k3n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        records(&r.bytes().await.unwrap())[0],
+        api.api().served_record(11)
+    );
+    // A 5xx under a Retry-After switch is a 503 with the header.
+    api.api()
+        .set_faults(Faults {
+            rate_5xx: 1.0,
+            retry_after_secs: 9,
+            ..Faults::default()
+        })
+        .unwrap();
+    for _ in 0..2 {
+        let r = c
+            .get(format!("{}/invoices", api.url()))
+            .bearer_auth("t0k3n")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "9");
+    }
+    // Padding without a length is refused.
+    assert!(api
+        .api()
+        .set_faults(Faults {
+            pad_record_every: 3,
+            ..Faults::default()
+        })
+        .is_err());
+}

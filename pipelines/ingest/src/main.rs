@@ -18,7 +18,7 @@ use fluxo::ShutdownSignal;
 use fluxo_gcp::bigtable::{AdminClient, BigtableSinkConfig, FamilySpec, TableSpec};
 use fluxo_gcp::pubsub::{PubsubClient, PubsubSinkConfig};
 use fluxo_http::{Auth, HttpSourceConfig, Outcome, Pagination};
-use ingest::{default_publish, IngestConfig, IngestReport};
+use ingest::{default_publish, IngestConfig, IngestLimits, IngestReport};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -99,7 +99,8 @@ struct Opts {
     /// Topic of the invoices.
     #[arg(long, env = "INGEST_TOPIC", default_value = "invoices")]
     topic: String,
-    /// Topic of the pages that cannot be split into records.
+    /// Topic of the dead letters: records above --max-record-bytes, pages that cannot be split into
+    /// records or are above --max-page-bytes.
     #[arg(
         long,
         env = "INGEST_DEAD_LETTER_TOPIC",
@@ -122,9 +123,20 @@ struct Opts {
     /// Most pages per run.
     #[arg(long)]
     max_pages: Option<u64>,
-    /// Lease duration in seconds (renewed every third of it).
+    /// Lease duration in seconds (renewed in the background every third of it, through every wait).
     #[arg(long, default_value_t = 120)]
     lease_ttl_secs: u64,
+    /// Largest page body read from the API, in bytes (1,024 to 1 GiB). A larger page is skipped as a
+    /// dead letter with page-number or next-link pagination; with a cursor it fails the run.
+    #[arg(long, default_value_t = fluxo_http::DEFAULT_MAX_PAGE_BYTES)]
+    max_page_bytes: u64,
+    /// Largest record published to the invoices topic, in bytes; a larger one becomes a dead letter.
+    /// Default: the largest the topic takes with its attributes (8,872,000).
+    #[arg(long)]
+    max_record_bytes: Option<usize>,
+    /// Bytes of the raw record or page a dead letter carries as data (its first bytes).
+    #[arg(long, default_value_t = ingest::DEFAULT_DEAD_LETTER_PREFIX_BYTES)]
+    dead_letter_prefix_bytes: usize,
     /// Serve Prometheus metrics on this address while running.
     #[arg(long, env = "INGEST_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
@@ -184,6 +196,7 @@ impl Opts {
                 auth,
                 max_pages: self.max_pages,
                 deadline_secs: self.deadline_secs,
+                max_page_bytes: self.max_page_bytes,
                 ..HttpSourceConfig::default()
             },
             topic: topic(&self.topic),
@@ -198,6 +211,10 @@ impl Opts {
             publish: default_publish(),
             metrics_addr: self.metrics_addr,
             lease_ttl_secs: self.lease_ttl_secs,
+            limits: IngestLimits {
+                max_record_bytes: self.max_record_bytes,
+                dead_letter_prefix_bytes: self.dead_letter_prefix_bytes,
+            },
         })
     }
 }

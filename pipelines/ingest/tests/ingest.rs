@@ -1,7 +1,9 @@
 //! The ingest pipeline against the reference invoice API and the real Pub/Sub and Bigtable emulators:
 //! every invoice arrives exactly once without faults and at least once with each fault switch on, the
 //! checkpoint never skips, a killed run resumes from its checkpoint, and concurrent runs do not both
-//! advance it.
+//! advance it. Oversize input never freezes it: records above the limit and oversize pages become
+//! bounded dead letters while the checkpoint moves past them, positions longer than a Pub/Sub attribute
+//! work end to end, and the lease holds while a run waits out a `Retry-After` longer than it.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -13,8 +15,11 @@ use fluxo_gcp::bigtable::{AdminClient, BigtableSinkConfig, FamilySpec, TableSpec
 use fluxo_gcp::pubsub::raw::proto::{AcknowledgeRequest, PullRequest};
 use fluxo_gcp::pubsub::{Endpoint, PubsubClient, PubsubSinkConfig, SubscriptionOptions};
 use fluxo_http::{Auth, CheckpointStore, HttpSourceConfig, Outcome};
-use ingest::{attr, default_publish, BigtableCheckpointStore, IngestConfig};
+use ingest::{
+    attr, default_publish, BigtableCheckpointStore, IngestConfig, IngestError, IngestLimits,
+};
 use invoice_api::{Faults, Generator, GeneratorConfig, RunningApi};
+use sha2::{Digest, Sha256};
 
 const PROJECT: &str = "ingest-test";
 const INSTANCE: &str = "ingest-instance";
@@ -122,6 +127,7 @@ impl Stack {
             publish: default_publish(),
             metrics_addr: None,
             lease_ttl_secs: 30,
+            limits: IngestLimits::default(),
         }
     }
 
@@ -437,12 +443,333 @@ async fn undelimitable_pages_go_to_the_dead_letter_topic_with_the_reason() {
     assert!(!dead.is_empty(), "no page was broken");
     assert_eq!(report.dead_letters as usize, dead.len());
     assert_eq!(report.poll.broken_pages as usize, dead.len());
+    // Pages of 250 records are about 111 KB: the dead letter holds their first 64 KiB, with the whole
+    // page's size and SHA-256.
     for (raw, attrs) in &dead {
         assert!(raw.starts_with(b"[["));
-        assert!(attrs[attr::REASON].contains("not structurally valid"));
+        assert_eq!(raw.len(), 65_536);
+        assert_eq!(attrs[attr::REASON], "page_unreadable");
+        assert!(attrs[attr::DETAIL].contains("not structurally valid"));
         assert_eq!(attrs[attr::STAGE], "ingest");
         assert!(attrs[attr::URL].contains("page="));
+        assert_eq!(attrs[attr::TRUNCATED], "true");
+        assert!(attrs[attr::RAW_BYTES].parse::<usize>().unwrap() > 65_536);
+        assert_eq!(attrs[attr::RAW_SHA256].len(), 64);
     }
+    assert_eq!(
+        report.dead_letters_by_reason,
+        [("page_unreadable".to_string(), dead.len() as u64)].into()
+    );
     let invoices = s.drain("all").await;
     assert_eq!(invoices.len() + 250 * dead.len(), 2_000);
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_record_is_a_dead_letter_and_the_checkpoint_moves_past_it() {
+    // Records 300, 600 and 900 are 200,001 bytes: one above the limit of 200,000.
+    let faults = Faults {
+        pad_record_every: 300,
+        pad_record_to_bytes: 200_001,
+        ..Faults::default()
+    };
+    let s = stack(1_000, faults).await;
+    let api = s.api.api();
+    let mut cfg = s.config(100);
+    cfg.limits.max_record_bytes = Some(200_000);
+    let report = ingest::run(&cfg, ShutdownSignal::never()).await.unwrap();
+    assert_eq!(report.poll.outcome, Outcome::CaughtUp);
+    assert_eq!((report.published, report.dead_letters), (997, 3));
+    assert_eq!(
+        report.dead_letters_by_reason,
+        [("record_too_large".to_string(), 3)].into()
+    );
+    assert_eq!(report.limits.max_record_bytes, 200_000);
+    // The valid records of the same pages were published, byte for byte.
+    let got = s.drain("all").await;
+    assert_eq!(got.len(), 997);
+    let mut ids: Vec<u64> = got
+        .iter()
+        .map(|(d, a)| {
+            let id: u64 = a[attr::NFE_ID].parse().unwrap();
+            assert_eq!(d, &api.generator().record(id));
+            id
+        })
+        .collect();
+    ids.sort_unstable();
+    let expected: Vec<u64> = (1..=1_000).filter(|id| id % 300 != 0).collect();
+    assert_eq!(ids, expected);
+    // One dead letter per oversize record: its first 64 KiB, its size, hash, id and origin.
+    let mut dead = s.drain("broken").await;
+    dead.sort_by_key(|(_, a)| a[attr::NFE_ID].parse::<u64>().unwrap());
+    assert_eq!(dead.len(), 3);
+    for ((data, a), id) in dead.iter().zip([300u64, 600, 900]) {
+        let full = api.served_record(id);
+        assert_eq!(full.len(), 200_001);
+        assert_eq!(data.as_slice(), &full[..65_536]);
+        assert_eq!(a[attr::REASON], "record_too_large");
+        assert_eq!(
+            a[attr::DETAIL],
+            "record of 200001 bytes is above max_record_bytes (200000)"
+        );
+        assert_eq!(a[attr::RAW_BYTES], "200001");
+        assert_eq!(a[attr::RAW_SHA256], sha256_hex(&full));
+        assert_eq!(a[attr::TRUNCATED], "true");
+        assert_eq!(a[attr::NFE_ID], id.to_string());
+        assert_eq!(a[attr::RECORD_INDEX], ((id - 1) % 100).to_string());
+        assert_eq!(a[attr::STAGE], "ingest");
+        assert_eq!(a[attr::SOURCE], "reference-api");
+        let page_end = id.div_ceil(100) * 100;
+        assert_eq!(a[attr::PAGE_CURSOR], format!("after-{page_end}"));
+        let page_start = page_end - 100;
+        if page_start > 0 {
+            assert!(a[attr::URL].contains(&format!("cursor=after-{page_start}")));
+        }
+    }
+    // The checkpoint moved past every page; a second run publishes nothing.
+    assert_eq!(
+        s.store().await.load().await.unwrap().as_deref(),
+        Some("after-1000")
+    );
+    let again = ingest::run(&cfg, ShutdownSignal::never()).await.unwrap();
+    assert_eq!((again.published, again.dead_letters), (0, 0));
+    assert!(s.drain("all").await.is_empty());
+    assert!(s.drain("broken").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_at_the_default_limit_with_a_long_cursor_fits_one_publish_request() {
+    // The default limit is the largest record the invoices topic takes with any attributes: a
+    // record of exactly that size, with a 5,000-byte cursor, is published through the real sink;
+    // one byte more is a dead letter.
+    let limit = ingest::RecordLimits::default().max_record_bytes;
+    let faults = |to: usize| Faults {
+        pad_record_every: 100,
+        pad_record_to_bytes: to as u64,
+        pad_position_bytes: 5_000,
+        ..Faults::default()
+    };
+    let s = stack(200, faults(limit)).await;
+    let api = s.api.api();
+    let mut cfg = s.config(100);
+    cfg.api.request_timeout_ms = 30_000;
+    let report = ingest::run(&cfg, ShutdownSignal::never()).await.unwrap();
+    assert_eq!(report.poll.outcome, Outcome::CaughtUp);
+    assert_eq!(report.limits.max_record_bytes, 8_872_000);
+    assert_eq!((report.published, report.dead_letters), (200, 0));
+    let got = s.drain("all").await;
+    assert_eq!(got.len(), 200);
+    let big: Vec<_> = got.iter().filter(|(d, _)| d.len() == limit).collect();
+    assert_eq!(big.len(), 2);
+    for (data, a) in big {
+        let id: u64 = a[attr::NFE_ID].parse().unwrap();
+        assert_eq!(data, &api.served_record(id));
+        assert_eq!(a[attr::PAGE_CURSOR].len(), 1_024);
+        assert!(a[attr::PAGE_CURSOR].ends_with(" bytes]"));
+    }
+    api.set_faults(faults(limit + 1)).unwrap();
+    cfg.source_name = "one-byte-more".into();
+    let report = ingest::run(&cfg, ShutdownSignal::never()).await.unwrap();
+    assert_eq!(report.poll.outcome, Outcome::CaughtUp);
+    assert_eq!((report.published, report.dead_letters), (198, 2));
+    let dead = s.drain("broken").await;
+    assert_eq!(dead.len(), 2);
+    for (data, a) in &dead {
+        assert_eq!(data.len(), 65_536);
+        assert_eq!(a[attr::RAW_BYTES], (limit + 1).to_string());
+    }
+    assert_eq!(s.drain("all").await.len(), 198);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn positions_longer_than_an_attribute_work_end_to_end() {
+    // Cursors and next links of more than 5,000 bytes: attributes are clipped, the checkpoint in
+    // Bigtable keeps them whole, and the next run resumes from it.
+    let faults = Faults {
+        pad_position_bytes: 5_000,
+        ..Faults::default()
+    };
+    let s = stack(1_000, faults).await;
+    let g = s.api.api().generator().clone();
+    for (name, next_link) in [("cursor", false), ("next-link", true)] {
+        let mut cfg = s.config(100);
+        cfg.source_name = name.into();
+        if next_link {
+            cfg.api.url = format!("{}/invoices", s.api.url());
+            cfg.api.page_size_param = "page_size".into();
+            cfg.api.pagination = fluxo_http::Pagination::NextLink;
+        }
+        let report = ingest::run(&cfg, ShutdownSignal::never()).await.unwrap();
+        assert_eq!(report.poll.outcome, Outcome::CaughtUp, "{name}");
+        assert_eq!(
+            (report.published, report.dead_letters),
+            (1_000, 0),
+            "{name}"
+        );
+        let got = s.drain("all").await;
+        assert_eq!(check_all(&g, &got), 0, "{name}");
+        for (_, a) in &got {
+            let c = &a[attr::PAGE_CURSOR];
+            assert!(c.len() <= 1_024, "{name}: {} bytes", c.len());
+            // Pages before the last end with a padded position, clipped with its marker.
+            assert!(c.len() < 1_000 || c.ends_with(" bytes]"), "{name}");
+        }
+        let store = BigtableCheckpointStore::connect(&s.checkpoint_config(), name)
+            .await
+            .unwrap();
+        let committed = store.load().await.unwrap().unwrap();
+        assert!(committed.len() > 5_000, "{name}: {}", committed.len());
+        assert_eq!(report.poll.committed.as_deref(), Some(committed.as_str()));
+        let again = ingest::run(&cfg, ShutdownSignal::never()).await.unwrap();
+        assert_eq!(again.poll.outcome, Outcome::CaughtUp, "{name}");
+        assert_eq!(again.poll.started_from.as_deref(), Some(committed.as_str()));
+        let republished = s.drain("all").await.len() as u64;
+        assert_eq!(again.published, republished);
+        if next_link {
+            // The checkpoint is the link to the last page, read again.
+            assert_eq!(again.published, 100);
+        } else {
+            assert_eq!(again.published, 0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_pages_are_dead_letters_or_stop_the_run_with_the_setting_to_change() {
+    // Records 500, 1000, 1500 and 2000 are 300,000 bytes: their pages of 250 (about 111 KB
+    // otherwise) are above a 256 KiB page limit.
+    let faults = Faults {
+        pad_record_every: 500,
+        pad_record_to_bytes: 300_000,
+        ..Faults::default()
+    };
+    let s = stack(2_000, faults).await;
+    let g = s.api.api().generator().clone();
+    let mut cfg = s.config(250);
+    cfg.source_name = "pages".into();
+    cfg.api.url = format!("{}/invoices", s.api.url());
+    cfg.api.page_size_param = "page_size".into();
+    cfg.api.pagination = fluxo_http::Pagination::PageNumber {
+        page_param: "page".into(),
+        first_page: 1,
+    };
+    cfg.api.max_page_bytes = 256 * 1024;
+    let report = ingest::run(&cfg, ShutdownSignal::never()).await.unwrap();
+    assert_eq!(report.poll.outcome, Outcome::CaughtUp);
+    assert_eq!(
+        (report.poll.broken_pages, report.poll.oversize_pages),
+        (4, 4)
+    );
+    assert_eq!((report.published, report.dead_letters), (1_000, 4));
+    assert_eq!(
+        report.dead_letters_by_reason,
+        [("page_too_large".to_string(), 4)].into()
+    );
+    let mut dead = s.drain("broken").await;
+    dead.sort_by(|a, b| a.1[attr::URL].cmp(&b.1[attr::URL]));
+    assert_eq!(dead.len(), 4);
+    for ((data, a), page) in dead.iter().zip([2, 4, 6, 8]) {
+        // The server announced the length: the page was refused before a byte was read.
+        assert!(data.is_empty());
+        assert_eq!(a[attr::REASON], "page_too_large");
+        assert!(
+            a[attr::DETAIL].starts_with(
+                "the page body is larger than max_page_bytes (262144 bytes; Content-Length: "
+            ),
+            "{}",
+            a[attr::DETAIL]
+        );
+        assert!(a[attr::RAW_BYTES].parse::<u64>().unwrap() > 262_144);
+        assert!(!a.contains_key(attr::RAW_SHA256));
+        assert_eq!(a[attr::TRUNCATED], "true");
+        assert!(
+            a[attr::URL].contains(&format!("page={page}&")),
+            "{}",
+            a[attr::URL]
+        );
+        assert_eq!(a[attr::PAGE_CURSOR], (page + 1).to_string());
+    }
+    let got = s.drain("all").await;
+    assert_eq!(got.len(), 1_000);
+    for (d, a) in &got {
+        let id: u64 = a[attr::NFE_ID].parse().unwrap();
+        assert_eq!(((id - 1) / 250) % 2, 0, "record {id} of a skipped page");
+        assert_eq!(d, &g.record(id));
+    }
+    let store = BigtableCheckpointStore::connect(&s.checkpoint_config(), "pages")
+        .await
+        .unwrap();
+    assert_eq!(store.load().await.unwrap().as_deref(), Some("9"));
+
+    // With a cursor in the body the page cannot be skipped: the run fails and says what to change,
+    // after committing the page before it.
+    let mut cfg = s.config(250);
+    cfg.source_name = "cursor".into();
+    cfg.api.max_page_bytes = 256 * 1024;
+    let e = ingest::run(&cfg, ShutdownSignal::never())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, IngestError::Run(_)));
+    let e = e.to_string();
+    assert!(!e.contains('\n'), "{e}");
+    assert!(
+        e.contains("larger than max_page_bytes (262144 bytes; Content-Length: ")
+            && e.ends_with("raise max_page_bytes or lower page_size"),
+        "{e}"
+    );
+    let store = BigtableCheckpointStore::connect(&s.checkpoint_config(), "cursor")
+        .await
+        .unwrap();
+    assert_eq!(store.load().await.unwrap().as_deref(), Some("after-250"));
+    assert_eq!(s.drain("all").await.len(), 250);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_holds_while_a_run_waits_out_a_retry_after_longer_than_it() {
+    // Every request is answered 503 with Retry-After: 8 until the test clears the switch; the lease
+    // lasts 3 s.
+    let s = stack(
+        500,
+        Faults {
+            rate_5xx: 1.0,
+            retry_after_secs: 8,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let g = s.api.api().generator().clone();
+    let cfg = |run_id: &str| {
+        let mut c = s.config(100);
+        c.api.run_id = run_id.into();
+        c.api.retry.max_retry_after_secs = 10;
+        c.lease_ttl_secs = 3;
+        c
+    };
+    let (a, b) = (cfg("run-a"), cfg("run-b"));
+    let first = tokio::spawn(async move { ingest::run(&a, ShutdownSignal::never()).await });
+    while s.api.api().stats().server_errors == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    s.api.api().set_faults(Faults::default()).unwrap();
+    // Run A now waits 8 s. Once more than a lease duration of it has passed, run B starts: without
+    // renewals during the wait, A's lease would have expired and B would poll.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let requests = s.api.api().stats().requests;
+    let second = ingest::run(&b, ShutdownSignal::never()).await.unwrap();
+    assert_eq!(second.poll.outcome, Outcome::LeaseHeld);
+    assert_eq!(second.published, 0);
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.poll.outcome, Outcome::CaughtUp);
+    assert!(first.poll.retries >= 1);
+    assert_eq!(first.published, 500);
+    // Only A's retry and pages reached the API after B started.
+    assert_eq!(s.api.api().stats().requests - requests, 5);
+    assert_eq!(check_all(&g, &s.drain("all").await), 0);
+    assert_eq!(
+        s.store().await.load().await.unwrap().as_deref(),
+        Some("after-500")
+    );
 }
