@@ -146,6 +146,7 @@ fn main() {
             publish: default_publish(),
             metrics_addr: None,
             lease_ttl_secs: 120,
+            limits: Default::default(),
         };
         let started = Instant::now();
         let report = ingest::run(&cfg, ShutdownSignal::never())
