@@ -35,15 +35,7 @@ pub(crate) struct Short<'a>(pub(crate) &'a str);
 
 impl std::fmt::Display for Short<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = self.0;
-        if s.len() <= QUOTE_BYTES {
-            return f.write_str(s);
-        }
-        let mut end = QUOTE_BYTES;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        write!(f, "{}...[+{} bytes]", &s[..end], s.len() - end)
+        f.write_str(&fluxo::text::clip(self.0, QUOTE_BYTES))
     }
 }
 

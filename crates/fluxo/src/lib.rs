@@ -47,6 +47,7 @@ mod shutdown;
 mod sink;
 mod source;
 pub mod testing;
+pub mod text;
 mod window;
 
 pub use channel::{BufferConfig, Watermark};

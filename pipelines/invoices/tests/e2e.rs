@@ -21,7 +21,7 @@ use invoice_api::{Generator, GeneratorConfig};
 use invoices::config::{ConfigFile, Profile};
 use invoices::{query, RunSettings};
 
-use common::{drain, profile, profile_toml, start_stack, trim_decimal};
+use common::{drain, profile, profile_toml, run_until_idle, start_stack, trim_decimal};
 
 /// What the generator sent: valid records by id, and the expected code of each malformed one.
 struct Sent {
@@ -146,13 +146,7 @@ async fn stream_then_replay_land_everything_exactly_once_per_invoice() {
     let dead: u64 = sent.codes.values().sum();
     assert!(valid > 1_300 && dead > 40, "{valid} valid, {dead} dead");
 
-    let settings = RunSettings {
-        exit_when_idle: Some(Duration::from_secs(3)),
-        ..RunSettings::default()
-    };
-    let report = invoices::run_stream(&p, &settings, ShutdownSignal::never())
-        .await
-        .unwrap();
+    let report = run_until_idle(&p).await;
     assert_eq!(report.received, sent.messages);
     assert_eq!(report.acked, sent.messages);
     assert_eq!(report.invoices, valid);

@@ -160,25 +160,7 @@ impl Data for PubsubOut {
 /// ([`super::MAX_ATTRIBUTE_VALUE_BYTES`]), else its longest prefix (cut at a character boundary)
 /// followed by the marker `...[+N bytes]` (N: the bytes cut off), the whole within the limit.
 pub fn clip_attribute_value(value: &str) -> std::borrow::Cow<'_, str> {
-    clip_to(value, super::MAX_ATTRIBUTE_VALUE_BYTES)
-}
-
-fn clip_to(value: &str, limit: usize) -> std::borrow::Cow<'_, str> {
-    if value.len() <= limit {
-        return std::borrow::Cow::Borrowed(value);
-    }
-    // The marker's length depends on the number of bytes cut, which depends on the marker's length:
-    // size it for the largest possible cut (the whole value), then cut.
-    let room = limit.saturating_sub(format!("...[+{} bytes]", value.len()).len());
-    let mut end = room.min(value.len());
-    while !value.is_char_boundary(end) {
-        end -= 1;
-    }
-    std::borrow::Cow::Owned(format!(
-        "{}...[+{} bytes]",
-        &value[..end],
-        value.len() - end
-    ))
+    fluxo::text::clip(value, super::MAX_ATTRIBUTE_VALUE_BYTES)
 }
 
 /// How a value becomes a Pub/Sub message in [`super::PubsubSink`]. Implemented for [`PubsubOut`],

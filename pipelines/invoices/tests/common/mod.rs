@@ -5,9 +5,22 @@
 use std::time::{Duration, Instant};
 
 use emulators::{Emulators, Service};
+use fluxo::ShutdownSignal;
 use fluxo_gcp::pubsub::raw::proto::{AcknowledgeRequest, PubsubMessage as RawMessage, PullRequest};
 use fluxo_gcp::pubsub::PubsubClient;
 use invoices::config::{ConfigFile, Profile};
+use invoices::RunSettings;
+
+/// One streaming run of the pipeline that stops once nothing arrived for 3 s; its report.
+pub async fn run_until_idle(p: &Profile) -> invoices::Report {
+    let settings = RunSettings {
+        exit_when_idle: Some(Duration::from_secs(3)),
+        ..RunSettings::default()
+    };
+    invoices::run_stream(p, &settings, ShutdownSignal::never())
+        .await
+        .expect("pipeline run")
+}
 
 pub async fn start_stack() -> Emulators {
     let emulators = tokio::task::spawn_blocking(|| {
