@@ -118,7 +118,8 @@ pub const MAX_MESSAGE_BYTES: usize = 512;
 const MAX_KEY_CHARS: usize = 64;
 
 /// `text` unchanged when it has at most `limit` bytes, else its longest prefix (cut at a character
-/// boundary) followed by `...[+N bytes]` (N: the bytes cut off), the whole within `limit`.
+/// boundary) followed by `...[+N bytes]` (N: the bytes cut off), the whole within `limit`. (The
+/// connectors use `fluxo::text::clip`, the same rule; this crate does not depend on the engine.)
 pub fn clip_text(text: &str, limit: usize) -> std::borrow::Cow<'_, str> {
     if text.len() <= limit {
         return std::borrow::Cow::Borrowed(text);
