@@ -145,13 +145,16 @@ pub(crate) fn decimal_from_json_number(
     text: &str,
     max_fraction_digits: u32,
 ) -> Result<Decimal, NumberError> {
-    // Fast path: no exponent and at most 19 digits, so the digits fit a u64.
     let b = text.as_bytes();
-    if b.len() <= 20 && !b.iter().any(|&c| c == b'e' || c == b'E') {
-        let (negative, digits) = match b.split_first() {
-            Some((b'-', rest)) => (true, rest),
-            _ => (false, b),
-        };
+    let (negative, digits) = match b.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, b),
+    };
+    // Fast path: no exponent and at most 19 *digits* (20 bytes if one is the point), so the
+    // digits fit a u64: 10^19 - 1 < 2^64 = 18446744073709551616. Twenty digits may not fit, so
+    // the count is of digits, not bytes (a sign or a point must not make room for one more).
+    let at_most_19_digits = digits.len() <= 19 || (digits.len() == 20 && digits.contains(&b'.'));
+    if at_most_19_digits && !digits.iter().any(|&c| c == b'e' || c == b'E') {
         let (mut m, mut scale, mut trailing, mut in_fraction) = (0u64, 0u32, 0u32, false);
         for &c in digits {
             if c == b'.' {
@@ -586,6 +589,42 @@ mod tests {
         );
         // A result that would need rounding does not.
         assert!(exact_mul(dec("0.0000000000000000000000000001"), dec("0.1")).is_none());
+    }
+
+    #[test]
+    fn twenty_digits_do_not_wrap() {
+        // 2^64 and 2 x 10^19 once wrapped to 0 and 1553255926290448384 in a u64.
+        for text in [
+            "18446744073709551616",
+            "20000000000000000000",
+            "18446744073709551615",
+            "99999999999999999999",
+            "-18446744073709551616",
+        ] {
+            assert_eq!(parse_decimal(text, 4).unwrap().to_string(), text);
+        }
+        // 19 digits with a sign or a point still take the fast path and stay exact.
+        for text in [
+            "9999999999999999999",
+            "-9999999999999999999",
+            "999999999999999999.9",
+            "-99999999999999999.99",
+            "0.000000000000000001",
+        ] {
+            assert_eq!(parse_decimal(text, 28).unwrap().to_string(), text);
+        }
+        assert_eq!(
+            parse_decimal("1844674407370955161.6", 4)
+                .unwrap()
+                .to_string(),
+            "1844674407370955161.6"
+        );
+        assert_eq!(
+            parse_decimal("18446744073709551616.00", 4)
+                .unwrap()
+                .to_string(),
+            "18446744073709551616.00"
+        );
     }
 
     #[test]
