@@ -141,6 +141,11 @@ pub struct ItemRow {
 }
 
 /// `NUMERIC` text: exact, at most 9 fractional digits (trailing zeros dropped if needed).
+///
+/// Dropping trailing zeros is enough for a validated invoice: its amounts have at most
+/// `max_value_fraction_digits + max_quantity_fraction_digits <= 9` significant fractional digits
+/// (the config refuses more), and a decimal's 29 integer digits fit `NUMERIC`'s 29. Nothing here
+/// rounds.
 fn numeric(d: Decimal) -> String {
     if d.scale() > 9 {
         d.normalize().to_string()

@@ -166,6 +166,8 @@ pub fn enrich(record: ValidRecord, zone: &TimeZone) -> Invoice {
         totals,
         content_hash,
     } = record;
+    // A validated record has at most `max_items` (<= 100,000, checked by the config) items, so
+    // neither this count nor a line number below can saturate.
     let item_count = u32::try_from(source.item_list.len()).unwrap_or(u32::MAX);
     let items = source
         .item_list

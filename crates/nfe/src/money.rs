@@ -145,13 +145,16 @@ pub(crate) fn decimal_from_json_number(
     text: &str,
     max_fraction_digits: u32,
 ) -> Result<Decimal, NumberError> {
-    // Fast path: no exponent and at most 19 digits, so the digits fit a u64.
     let b = text.as_bytes();
-    if b.len() <= 20 && !b.iter().any(|&c| c == b'e' || c == b'E') {
-        let (negative, digits) = match b.split_first() {
-            Some((b'-', rest)) => (true, rest),
-            _ => (false, b),
-        };
+    let (negative, digits) = match b.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, b),
+    };
+    // Fast path: no exponent and at most 19 *digits* (20 bytes if one is the point), so the
+    // digits fit a u64: 10^19 - 1 < 2^64 = 18446744073709551616. Twenty digits may not fit, so
+    // the count is of digits, not bytes (a sign or a point must not make room for one more).
+    let at_most_19_digits = digits.len() <= 19 || (digits.len() == 20 && digits.contains(&b'.'));
+    if at_most_19_digits && !digits.iter().any(|&c| c == b'e' || c == b'E') {
         let (mut m, mut scale, mut trailing, mut in_fraction) = (0u64, 0u32, 0u32, false);
         for &c in digits {
             if c == b'.' {
@@ -308,7 +311,8 @@ pub(crate) fn is_json_number(b: &[u8]) -> bool {
     i == b.len()
 }
 
-/// Fits an exact mantissa/scale into a decimal, dropping only trailing zeros.
+/// Fits an exact mantissa/scale into a decimal, dropping only trailing zeros: the result has the
+/// largest scale `<= min(scale, 28)` at which the value is a whole mantissa below 2^96.
 fn fit(mut m: i128, mut scale: u32) -> Option<Decimal> {
     loop {
         if scale <= 28 {
@@ -325,30 +329,158 @@ fn fit(mut m: i128, mut scale: u32) -> Option<Decimal> {
     }
 }
 
+/// A magnitude below 2^192 as three 64-bit limbs, least significant first.
+type Wide = [u64; 3];
+
+/// `a * b` for magnitudes below 2^96 (decimal mantissas), so the product is below 2^192.
+fn mul_wide(a: u128, b: u128) -> Wide {
+    let (a1, a0) = (a >> 64, a & u128::from(u64::MAX));
+    let (b1, b0) = (b >> 64, b & u128::from(u64::MAX));
+    // a1, b1 < 2^32: none of these partial products or sums overflows a u128.
+    let low = a0 * b0;
+    let middle = a1 * b0 + a0 * b1 + (low >> 64);
+    let high = a1 * b1 + (middle >> 64);
+    [low as u64, middle as u64, high as u64]
+}
+
+/// Divides in place by 10 and returns the remainder.
+fn div10_wide(w: &mut Wide) -> u64 {
+    let mut rem = 0u128;
+    for limb in w.iter_mut().rev() {
+        let cur = (rem << 64) | u128::from(*limb);
+        *limb = (cur / 10) as u64;
+        rem = cur % 10;
+    }
+    rem as u64
+}
+
+/// [`fit`] for a magnitude that may exceed an `i128`: trailing zeros are dropped until it fits
+/// one, then `fit` goes on.
+fn fit_wide(mut w: Wide, mut scale: u32, negative: bool) -> Option<Decimal> {
+    while w[2] != 0 || w[1] >> 63 != 0 {
+        if scale == 0 || div10_wide(&mut w) != 0 {
+            return None;
+        }
+        scale -= 1;
+    }
+    let m = i128::try_from((u128::from(w[1]) << 64) | u128::from(w[0])).ok()?;
+    fit(if negative { -m } else { m }, scale)
+}
+
+/// `d` at the largest scale `<= preferred` (and `<= 28`) whose mantissa stays below 2^96, never
+/// below its own scale: undoes the trailing zeros that an intermediate step had to drop.
+fn raise_scale(d: Decimal, preferred: u32) -> Decimal {
+    let (mut m, mut scale) = (d.mantissa(), d.scale());
+    while scale < preferred.min(28) {
+        match m.checked_mul(10).filter(|x| x.unsigned_abs() < 1 << 96) {
+            Some(x) => {
+                m = x;
+                scale += 1;
+            }
+            None => break,
+        }
+    }
+    // `m` < 2^96 at a scale <= 28 always converts; `d` itself is the fallback.
+    Decimal::try_from_i128_with_scale(m, scale).unwrap_or(d)
+}
+
+/// `m` and `scale` with trailing zeros of the fraction removed (`1.500` becomes `1.5`).
+fn strip(mut m: i128, mut scale: u32) -> (i128, u32) {
+    while scale > 0 && m % 10 == 0 {
+        m /= 10;
+        scale -= 1;
+    }
+    (m, scale)
+}
+
 /// `a * b` exactly, or `None` if the exact result does not fit.
+///
+/// The result keeps the scale `a.scale() + b.scale()` when it fits (`9.00 x 6 = 54.00`);
+/// otherwise it has the largest scale at which the exact product fits (only trailing zeros are
+/// dropped, never a significant digit).
 pub fn exact_mul(a: Decimal, b: Decimal) -> Option<Decimal> {
-    let m = a.mantissa().checked_mul(b.mantissa())?;
-    fit(m, a.scale() + b.scale())
+    let scale = a.scale() + b.scale();
+    match a.mantissa().checked_mul(b.mantissa()) {
+        Some(m) => fit(m, scale),
+        // Beyond an i128 (both mantissas are below 2^96, the product below 2^192): the exact
+        // product may still fit once its trailing zeros are dropped, e.g. `1.0` x `1.0` both
+        // written with 28 decimals (10^56 at scale 56 is 1 at scale 28).
+        None => fit_wide(
+            mul_wide(a.mantissa().unsigned_abs(), b.mantissa().unsigned_abs()),
+            scale,
+            (a.mantissa() < 0) != (b.mantissa() < 0),
+        ),
+    }
 }
 
 /// `a + b` exactly, or `None` if the exact result does not fit.
+///
+/// The result has the larger of the two scales when it fits (`0.1 + 0.20 = 0.30`); otherwise the
+/// largest scale at which the exact sum fits.
 pub fn exact_add(a: Decimal, b: Decimal) -> Option<Decimal> {
     if a.scale() == b.scale() {
+        // Two mantissas below 2^96: the sum cannot overflow an i128.
         return fit(a.mantissa().checked_add(b.mantissa())?, a.scale());
     }
     let scale = a.scale().max(b.scale());
-    let ma = a
-        .mantissa()
-        .checked_mul(10i128.checked_pow(scale - a.scale())?)?;
-    let mb = b
-        .mantissa()
-        .checked_mul(10i128.checked_pow(scale - b.scale())?)?;
-    fit(ma.checked_add(mb)?, scale)
+    let at = |d: Decimal| {
+        d.mantissa()
+            .checked_mul(10i128.checked_pow(scale - d.scale())?)
+    };
+    match at(a).and_then(|ma| ma.checked_add(at(b)?)) {
+        Some(m) => fit(m, scale),
+        None => exact_add_rescaled(a, b, scale),
+    }
+}
+
+/// [`exact_add`] when bringing both mantissas to the larger scale overflows an i128: a large
+/// value with a scale padded by trailing zeros (`17000000000` plus a discount written
+/// `0.0000000000000000000000000000`).
+///
+/// Without their trailing zeros, the two values need rescaling only to the larger of their
+/// *minimal* scales. If that still overflows, the sum cannot fit: the value with the smaller
+/// minimal scale is then at least 2^127 at the larger one, the other below 2^96, and the last
+/// digit of the other (not zero) is the sum's last digit, so every scale at which the sum is
+/// whole gives a mantissa above 2^96.
+fn exact_add_rescaled(a: Decimal, b: Decimal, preferred: u32) -> Option<Decimal> {
+    let (ma, sa) = strip(a.mantissa(), a.scale());
+    let (mb, sb) = strip(b.mantissa(), b.scale());
+    let scale = sa.max(sb);
+    let ma = ma.checked_mul(10i128.checked_pow(scale - sa)?)?;
+    let mb = mb.checked_mul(10i128.checked_pow(scale - sb)?)?;
+    Some(raise_scale(fit(ma.checked_add(mb)?, scale)?, preferred))
 }
 
 /// `a - b` exactly, or `None` if the exact result does not fit.
 pub fn exact_sub(a: Decimal, b: Decimal) -> Option<Decimal> {
     exact_add(a, -b)
+}
+
+/// The exact sum of `values`, whatever their order, at the largest of their scales when it fits
+/// (else the largest scale at which it fits); `None` if it does not fit.
+///
+/// Summing one by one can fail on an intermediate sum that does not fit although the total does
+/// (`5000000000000000000000000000.5 + 5000000000000000000000000000 + 0.5`): so integer parts
+/// (each below 2^96) and fractions (each below 1, at scale 28) are added apart, in i128s that
+/// hold the sum of 2^31 values (far beyond any item limit; more values may give `None`).
+pub fn exact_sum(values: &[Decimal]) -> Option<Decimal> {
+    const ONE: i128 = 10i128.pow(28);
+    let mut int: i128 = 0;
+    let mut frac: i128 = 0;
+    let mut preferred = 0;
+    for d in values {
+        let unit = 10i128.pow(d.scale());
+        let m = d.mantissa();
+        int = int.checked_add(m / unit)?;
+        frac = frac.checked_add((m % unit) * 10i128.pow(28 - d.scale()))?;
+        preferred = preferred.max(d.scale());
+    }
+    // Sum = int + frac / 10^28, |frac| < 10^28 after the carry; the two may differ in sign.
+    int = int.checked_add(frac / ONE)?;
+    // The sum's own scale: that of the fraction without its trailing zeros.
+    let (frac, scale) = strip(frac % ONE, 28);
+    let m = int.checked_mul(10i128.pow(scale))?.checked_add(frac)?;
+    Some(raise_scale(fit(m, scale)?, preferred))
 }
 
 /// Appends the exact text of a decimal, the same as its `Display` (`318.90`, `0.0`, `-1.5`),
@@ -445,12 +577,22 @@ impl Totals {
     ) -> Result<Totals, TotalsError> {
         let items = items.into_iter();
         let mut lines = Vec::with_capacity(items.size_hint().0);
-        let mut gross = Decimal::ZERO;
+        // A running sum is the fast way; it can fail on an intermediate sum although the total
+        // fits, so a failure is only final after `exact_sum`.
+        let mut running = Some(Decimal::ZERO);
+        let mut scale = 0;
         for (i, (value, quantity)) in items.enumerate() {
             let line = exact_mul(value, quantity).ok_or(TotalsError::Line(i))?;
-            gross = exact_add(gross, line).ok_or(TotalsError::Gross)?;
+            running = running.and_then(|g| exact_add(g, line));
+            scale = scale.max(line.scale());
             lines.push(line);
         }
+        let gross = match running {
+            // An intermediate sum may have dropped trailing zeros the total has room for.
+            Some(g) if g.scale() < scale => raise_scale(g, scale),
+            Some(g) => g,
+            None => exact_sum(&lines).ok_or(TotalsError::Gross)?,
+        };
         let net = exact_sub(gross, discount).ok_or(TotalsError::Net)?;
         Ok(Totals { lines, gross, net })
     }
@@ -586,6 +728,137 @@ mod tests {
         );
         // A result that would need rounding does not.
         assert!(exact_mul(dec("0.0000000000000000000000000001"), dec("0.1")).is_none());
+    }
+
+    #[test]
+    fn twenty_digits_do_not_wrap() {
+        // 2^64 and 2 x 10^19 once wrapped to 0 and 1553255926290448384 in a u64.
+        for text in [
+            "18446744073709551616",
+            "20000000000000000000",
+            "18446744073709551615",
+            "99999999999999999999",
+            "-18446744073709551616",
+        ] {
+            assert_eq!(parse_decimal(text, 4).unwrap().to_string(), text);
+        }
+        // 19 digits with a sign or a point still take the fast path and stay exact.
+        for text in [
+            "9999999999999999999",
+            "-9999999999999999999",
+            "999999999999999999.9",
+            "-99999999999999999.99",
+            "0.000000000000000001",
+        ] {
+            assert_eq!(parse_decimal(text, 28).unwrap().to_string(), text);
+        }
+        assert_eq!(
+            parse_decimal("1844674407370955161.6", 4)
+                .unwrap()
+                .to_string(),
+            "1844674407370955161.6"
+        );
+        assert_eq!(
+            parse_decimal("18446744073709551616.00", 4)
+                .unwrap()
+                .to_string(),
+            "18446744073709551616.00"
+        );
+    }
+
+    #[test]
+    fn products_beyond_i128_fit_when_only_zeros_are_dropped() {
+        let one = dec("1.0000000000000000000000000000");
+        assert_eq!(
+            exact_mul(one, one).unwrap().to_string(),
+            "1.0000000000000000000000000000"
+        );
+        // 2^90 x 10^-28 times 5^40 x 10^-28 = 2^50 x 10^-16, with 40 zeros to drop.
+        let a = Decimal::from_i128_with_scale(1 << 90, 28);
+        let b = Decimal::from_i128_with_scale(5i128.pow(40), 28);
+        assert_eq!(
+            exact_mul(a, b).unwrap().to_string(),
+            "0.1125899906842624000000000000"
+        );
+        assert_eq!(
+            exact_mul(-a, b).unwrap().to_string(),
+            "-0.1125899906842624000000000000"
+        );
+        // Beyond i128 with a significant last digit: no exact result.
+        let c = Decimal::from_i128_with_scale((1 << 90) + 1, 28);
+        assert!(exact_mul(c, b).is_none());
+        assert!(exact_mul(Decimal::MAX, Decimal::MAX).is_none());
+        assert!(exact_mul(Decimal::MAX, dec("1.0000000000000000000000000000")).is_some());
+    }
+
+    #[test]
+    fn sums_beyond_i128_rescaling_are_exact() {
+        // 17 billion plus a zero written with 28 decimals: 1.7e10 x 10^28 overflows an i128.
+        let zero = dec("0.0000000000000000000000000000");
+        let big = dec("17000000000");
+        assert_eq!(
+            exact_add(big, zero).unwrap().to_string(),
+            "17000000000.000000000000000000"
+        );
+        assert_eq!(
+            exact_sub(big, zero).unwrap().to_string(),
+            "17000000000.000000000000000000"
+        );
+        let max = Decimal::MAX;
+        assert_eq!(exact_add(max, zero).unwrap(), max);
+        assert_eq!(
+            exact_add(max, dec("-1.0000000000")).unwrap().to_string(),
+            "79228162514264337593543950334"
+        );
+        // A fraction the large value has no room for.
+        assert!(exact_add(max, dec("-0.5")).is_none());
+        assert!(exact_add(
+            dec("17000000000000000000"),
+            dec("0.0000000000000000000000000001")
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn sums_do_not_depend_on_order() {
+        let a = dec("5000000000000000000000000000.5");
+        let b = dec("5000000000000000000000000000");
+        let c = dec("0.5");
+        // a + b alone does not fit (10000000000000000000000000000.5 needs 30 digits).
+        assert!(exact_add(a, b).is_none());
+        for values in [[a, b, c], [c, a, b], [b, c, a]] {
+            assert_eq!(
+                exact_sum(&values).unwrap().to_string(),
+                "10000000000000000000000000001"
+            );
+            let t = Totals::compute(values.map(|v| (v, dec("1"))), dec("0.00")).unwrap();
+            assert_eq!(t.gross.to_string(), "10000000000000000000000000001");
+            assert_eq!(t.net.to_string(), "10000000000000000000000000001");
+        }
+        assert_eq!(
+            exact_sum(&[dec("0.10"), dec("-0.3"), dec("2")])
+                .unwrap()
+                .to_string(),
+            "1.80"
+        );
+        assert_eq!(exact_sum(&[]).unwrap().to_string(), "0");
+        assert!(exact_sum(&[Decimal::MAX, dec("1")]).is_none());
+        assert!(exact_sum(&[dec("7922816251426433759354395033.5"), dec("0.00")]).is_some());
+        assert!(exact_sum(&[dec("7922816251426433759354395033.5"), dec("0.01")]).is_none());
+    }
+
+    #[test]
+    fn gross_keeps_the_scale_an_intermediate_sum_dropped() {
+        // 4e27 + 4e27 at scale 1 would need a mantissa of 8e28 > 2^96: the running sum drops to
+        // scale 0. After -4e27 the total fits at scale 1 again, the largest of the lines'.
+        let v = dec("4000000000000000000000000000.0");
+        let t = Totals::compute([(v, dec("1")), (v, dec("1"))], dec("0")).unwrap();
+        assert_eq!(t.gross.to_string(), "8000000000000000000000000000");
+        let back = dec("-4000000000000000000000000000");
+        let t =
+            Totals::compute([(v, dec("1")), (v, dec("1")), (back, dec("1"))], dec("0")).unwrap();
+        assert_eq!(t.gross.to_string(), "4000000000000000000000000000.0");
+        assert_eq!(t.net.to_string(), "4000000000000000000000000000.0");
     }
 
     #[test]
