@@ -29,7 +29,7 @@
 //!
 //! | byte | meaning |
 //! |---|---|
-//! | 0 | flags: bit 0 `duplicate_of` set; bit 1 an earlier failure; bit 2 it was permanent; bit 3 the tight validator ([`tight_config`]); bit 4 the record repeated past `RAW_PREFIX_BYTES`; bit 5 oversized source metadata; bit 6 an oversized object URL; bit 7 a publish time |
+//! | 0 | bit 0 `duplicate_of` set; bit 1 an earlier failure; bit 2 it was permanent; bit 3 the tight validator ([`tight_config`]); bit 7 a publish time; bits 4-6 the size mode: 5 the record repeated past `RAW_PREFIX_BYTES`, 6 oversized source metadata, 7 an oversized object URL, else none (the costly modes take one input in eight each) |
 //! | 1 | delivery count: 0 unknown, 255 `u32::MAX`, else the value |
 //! | 2 | length of the text that follows (the failure reason, the duplicate's index, the seed of the oversized metadata) |
 //!
@@ -143,7 +143,8 @@ pub fn decode(data: &[u8]) -> Case<'_> {
     // Invalid UTF-8 becomes U+FFFD (3 bytes for 1: messages then reach their limit sooner).
     let text = String::from_utf8_lossy(text);
     let text = text.as_ref();
-    let raw: Cow<'_, [u8]> = if flags & 0x10 != 0 && !body.is_empty() {
+    let mode = (flags >> 4) & 0x07;
+    let raw: Cow<'_, [u8]> = if mode == 5 && !body.is_empty() {
         Cow::Owned(body.repeat((RAW_PREFIX_BYTES + 1).div_ceil(body.len())))
     } else {
         Cow::Borrowed(body)
@@ -154,13 +155,20 @@ pub fn decode(data: &[u8]) -> Case<'_> {
             .then(|| "2021-05-24T23:59:59.999999999Z".parse().unwrap()),
         attributes: BTreeMap::new(),
     };
-    if flags & 0x20 != 0 {
+    if mode == 6 {
+        // Over every clip limit of the short form: the id, the number of attributes, the length
+        // of a key and of a value (a few oversized ones: each costs its size on every check).
         source.message_id = Some(stretch(text, MAX_ATTRIBUTE_VALUE_BYTES + 1));
-        for i in 0..text_len.min(120) {
-            source.attributes.insert(
-                format!("{i:03}{}", stretch(text, 300)),
-                stretch(text, MAX_ATTRIBUTE_VALUE_BYTES + 1),
-            );
+        for i in 0..text_len.min(105) {
+            let (key, value) = if i < 3 {
+                (
+                    stretch(text, 257),
+                    stretch(text, MAX_ATTRIBUTE_VALUE_BYTES + 1),
+                )
+            } else {
+                (String::new(), text.chars().take(8).collect())
+            };
+            source.attributes.insert(format!("{i:03}{key}"), value);
         }
     }
     Case {
@@ -174,7 +182,7 @@ pub fn decode(data: &[u8]) -> Case<'_> {
         previous_failure: (flags & 0x02 != 0).then(|| (flags & 0x04 != 0, text.to_owned())),
         tight: flags & 0x08 != 0,
         source,
-        object_url: (flags & 0x40 != 0).then(|| format!("gs://b/{}", stretch(text, 1100))),
+        object_url: (mode == 7).then(|| format!("gs://b/{}", stretch(text, 1100))),
     }
 }
 
