@@ -9,7 +9,7 @@
 #                    versioned; kept between runs, so later runs start from what earlier ones found)
 #   FUZZ_TIMEOUT     seconds one input may take before it counts as a crash (default 10)
 #   FUZZ_SANITIZER   none (default) or address: nfe forbids unsafe code and every check is an
-#                    assertion, so the default trades AddressSanitizer for about 4x the executions
+#                    assertion, so the default trades AddressSanitizer for 4-5x the executions
 #   FUZZ_ARGS        extra libFuzzer flags (e.g. "-max_len=65536")
 # Prints one summary line per target (executions, coverage, seconds); a crash leaves its input in
 # fuzz/artifacts/<target>/ and the command that replays it.
