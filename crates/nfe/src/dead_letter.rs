@@ -34,17 +34,22 @@ pub const SHORT_FORM_MAX_ISSUES: usize = 100;
 const SHORT_FORM_MAX_ATTRIBUTES: usize = 100;
 const SHORT_FORM_ATTRIBUTE_KEY_BYTES: usize = 256;
 const SHORT_FORM_ATTRIBUTE_VALUE_BYTES: usize = 1024;
-/// Largest short form: the prefix in its worst encoding (base64), the clipped issues and attributes
-/// with every byte escaped (6 bytes per byte in JSON), and the fixed fields. A budget passed to
-/// [`DeadLetter::message`] of at least this size always holds the message.
+/// Largest short form: the prefix in its worst encoding (base64), the clipped issues (path and
+/// message, every byte escaped to six in JSON, plus the issue's frame and code), the clipped
+/// attributes, the clipped `object` and `message_id` and `stage` (escaped too), every code name
+/// among `omitted_codes`, and the fixed fields. A budget passed to [`DeadLetter::message`] of at
+/// least this size always holds the message.
 pub const SHORT_FORM_MAX_BYTES: usize = RAW_PREFIX_BYTES * 4 / 3
     + 16
     + SHORT_FORM_MAX_ISSUES
-        * (6 * (crate::issue::MAX_PATH_BYTES + crate::issue::MAX_MESSAGE_BYTES) + 64)
+        * (6 * (crate::issue::MAX_PATH_BYTES + crate::issue::MAX_MESSAGE_BYTES) + 96)
     + SHORT_FORM_MAX_ATTRIBUTES
         * (6 * (SHORT_FORM_ATTRIBUTE_KEY_BYTES + SHORT_FORM_ATTRIBUTE_VALUE_BYTES) + 8)
-    + 6 * 1024
+    + 6 * (2 * SHORT_FORM_ATTRIBUTE_VALUE_BYTES + SHORT_FORM_STAGE_BYTES)
+    + ErrorCode::ALL.len() * 40
     + 4096;
+/// Longest `stage` kept in the short form.
+const SHORT_FORM_STAGE_BYTES: usize = 64;
 
 /// Exact raw bytes. In JSON: `{"encoding":"utf8","data":"<text>"}` when the bytes are UTF-8 and
 /// their JSON escaping is no longer than base64 would be, else
@@ -278,7 +283,7 @@ impl DeadLetter {
         let kept = self.issues.len().min(SHORT_FORM_MAX_ISSUES);
         DeadLetter {
             raw: RawBytes(raw.get(..end).unwrap_or_default().to_vec()),
-            raw_sha256: self.raw_sha256.clone(),
+            raw_sha256: clip(&self.raw_sha256, 64),
             raw_size: Some(self.raw_size.unwrap_or(raw.len() as u64)),
             object: Some(clip(object_url, SHORT_FORM_ATTRIBUTE_VALUE_BYTES)),
             issues: self.issues[..kept]
@@ -286,13 +291,15 @@ impl DeadLetter {
                 .cloned()
                 .map(Issue::clipped)
                 .collect(),
-            issues_omitted: self.issues_omitted + (self.issues.len() - kept) as u64,
+            issues_omitted: self
+                .issues_omitted
+                .saturating_add((self.issues.len() - kept) as u64),
             omitted_codes: self
                 .codes()
                 .into_iter()
                 .filter(|c| !self.issues[..kept].iter().any(|i| i.code == *c))
                 .collect(),
-            stage: clip(&self.stage, 64),
+            stage: clip(&self.stage, SHORT_FORM_STAGE_BYTES),
             source: SourceMeta {
                 message_id: self
                     .source
