@@ -94,6 +94,9 @@ curl -s "http://$BIGQUERY_EMULATOR_HOST/bigquery/v2/projects/local-project/queri
   -d '{"useLegacySql": false, "query": "SELECT emission_date, COUNT(*) AS invoices, SUM(net) AS net FROM `local-project.nfe.invoices` GROUP BY emission_date ORDER BY emission_date LIMIT 3"}' \
   | python3 -c 'import json,sys; r=json.load(sys.stdin); [print([c["v"] for c in row["f"]]) for row in r.get("rows", [])] or print(r)'
 
+echo "\$ invoices dead-letters --limit 2   # dead letters in Cloud Storage: counts by code and stage, newest first"
+"${inv[@]}" dead-letters --limit 2 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin)["stored"]; print("objects", d["objects"], "by stage", d["by_stage"]); [print(" ", e["object"], e["first_issue"]) for e in d["newest"]]'
+
 run_once second
 python3 - "$work/inventory-first.json" "$work/inventory-second.json" <<'PY2'
 import json, sys

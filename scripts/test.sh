@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, every test of the workspace (unit, integration, doc tests).
+# The whole test suite: formatting, lints, every test of the workspace (unit, integration, doc tests),
+# then a bounded fuzzing run of every fuzz target (FUZZ_SECONDS per target, default 60).
 # Usage: ./scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,3 +23,6 @@ fi
 
 step "cargo test --doc (documentation examples)"
 cargo test --workspace --locked --doc
+
+step "fuzzing: every cargo-fuzz target for ${FUZZ_SECONDS:-60} s from the checked-in seeds"
+./scripts/fuzz.sh
