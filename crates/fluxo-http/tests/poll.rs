@@ -396,31 +396,22 @@ async fn undelimitable_pages_are_emitted_whole_and_skipped_when_the_next_page_is
     let store = MemoryCheckpointStore::new();
     let mut cfg = config(&api, page_number());
     cfg.retry.max_attempts = 2;
-    let valid = cfg
-        .validate_with(|k| (k == TOKEN_ENV).then(|| "tok".to_string()))
-        .unwrap();
-    let source = HttpSource::new(valid, store.clone());
-    let summary = source.summary();
-    let p = Pipeline::new("broken");
-    let (sink, out) = CollectingSink::new();
-    let (broken_sink, broken_out) = CollectingSink::new();
-    let pages = p.read("Poll", source);
-    pages
-        .flat_map("Split", records)
-        .write("Collect", sink, SinkConfig::default());
-    pages
-        .flat_map("Broken", |page: HttpPage| {
-            page.broken.map(|b| {
-                assert_eq!(b.kind, BrokenKind::Unreadable);
-                assert_eq!(b.body_bytes, Some(page.records.len() as u64));
-                (b.reason.to_string(), page.records.to_vec())
-            })
-        })
-        .write("Dead", broken_sink, SinkConfig::default());
-    p.run(RunOptions::default()).await.unwrap();
-    let s = summary.lock().unwrap().clone();
+    let (run, pages) = run_with_broken(&cfg, store.clone()).await;
+    assert!(run.error.is_none(), "{:?}", run.error);
+    let s = run.summary;
     assert_eq!(s.outcome, Outcome::CaughtUp);
-    let broken = broken_out.values();
+    let broken: Vec<(String, Vec<u8>)> = pages
+        .iter()
+        .map(|page| {
+            let b = page
+                .broken
+                .as_ref()
+                .expect("only broken pages are collected");
+            assert_eq!(b.kind, BrokenKind::Unreadable);
+            assert_eq!(b.body_bytes, Some(page.records.len() as u64));
+            (b.reason.to_string(), page.records.to_vec())
+        })
+        .collect();
     assert!(!broken.is_empty(), "no page was broken");
     assert_eq!(s.broken_pages as usize, broken.len());
     for (reason, raw) in &broken {
@@ -428,7 +419,7 @@ async fn undelimitable_pages_are_emitted_whole_and_skipped_when_the_next_page_is
         assert!(raw.starts_with(b"[["), "the raw body is kept");
     }
     // Every record is either in a delivered page or inside a broken page's raw bytes.
-    let got = out.values();
+    let got = run.records;
     assert_eq!(got.len() + 250 * broken.len(), 2_000);
     for id in 1..=g.count() {
         let rec = g.record(id);
