@@ -118,7 +118,7 @@ pub struct Failure {
 pub struct Outcomes {
     /// One status per element.
     pub statuses: Vec<Status>,
-    /// Reasons of failed elements, in no particular order.
+    /// Reasons of failed elements, in index order.
     pub failures: Vec<Failure>,
 }
 
@@ -126,9 +126,13 @@ struct Shared {
     slots: Box<[Slot]>,
     pending: AtomicUsize,
     notify: Mutex<Option<oneshot::Sender<Outcomes>>>,
-    /// Reasons of failed copies, by slot; touched only on failure.
-    failures: Mutex<Vec<Failure>>,
+    /// Reasons of failed copies, one entry per slot, allocated on the first failure (empty while
+    /// every copy succeeds); touched only on failure.
+    failures: Mutex<Vec<Option<SlotFailure>>>,
 }
+
+/// The worst failure recorded on one slot, with its reason.
+type SlotFailure = (Status, Arc<str>);
 
 impl Shared {
     fn slot_done(&self) {
@@ -139,7 +143,17 @@ impl Shared {
                 .map(|s| Status::from_u8(s.status.load(Ordering::Acquire)))
                 .collect();
             let failures =
-                std::mem::take(&mut *self.failures.lock().unwrap_or_else(|p| p.into_inner()));
+                std::mem::take(&mut *self.failures.lock().unwrap_or_else(|p| p.into_inner()))
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(index, f)| {
+                        f.map(|(status, reason)| Failure {
+                            index,
+                            status,
+                            reason,
+                        })
+                    })
+                    .collect();
             let sender = self.notify.lock().unwrap_or_else(|p| p.into_inner()).take();
             if let Some(tx) = sender {
                 // The receiver may have gone away (the source stopped waiting); nothing to do then.
@@ -148,20 +162,16 @@ impl Shared {
         }
     }
 
-    fn record_failure(&self, idx: u32, status: Status, reason: &std::sync::Arc<str>) {
+    fn record_failure(&self, idx: u32, status: Status, reason: &Arc<str>) {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let index = idx as usize;
-        match failures.iter_mut().find(|f| f.index == index) {
-            Some(f) if status > f.status => {
-                f.status = status;
-                f.reason = reason.clone();
+        if failures.is_empty() {
+            failures.resize(self.slots.len(), None);
+        }
+        if let Some(slot) = failures.get_mut(idx as usize) {
+            // The worst status wins; among equals, the first reason stays.
+            if slot.as_ref().map_or(true, |(s, _)| status > *s) {
+                *slot = Some((status, reason.clone()));
             }
-            Some(_) => {}
-            None => failures.push(Failure {
-                index,
-                status,
-                reason: reason.clone(),
-            }),
         }
     }
 }

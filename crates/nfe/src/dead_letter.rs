@@ -172,8 +172,9 @@ fn is_zero(n: &u64) -> bool {
 /// attributes that let subscribers filter without parsing it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeadLetterMessage {
-    /// JSON of the dead letter, at most the budget given to [`DeadLetter::message`].
-    pub data: Vec<u8>,
+    /// JSON of the dead letter, at most the budget given to [`DeadLetter::message`] (when it is the
+    /// full form, the same buffer as the object's in [`DeadLetter::encode`]).
+    pub data: bytes::Bytes,
     /// `stage`, `codes` (sorted, distinct, comma-separated), `raw_sha256`, `message_id` (when
     /// known), `object` (short form), `truncated` (`true` in the short form).
     pub attributes: Vec<(&'static str, String)>,
@@ -231,11 +232,20 @@ impl DeadLetter {
     /// clipped issues, clipped attributes, `raw_size`, and `object` = `object_url`, where the full
     /// form is stored). With `max_bytes >= SHORT_FORM_MAX_BYTES` the data always fits.
     pub fn message(&self, object_url: &str, max_bytes: usize) -> DeadLetterMessage {
-        let full = self.to_json();
+        self.encode(object_url, max_bytes).1
+    }
+
+    /// Both forms at once, the full JSON encoded once: the Cloud Storage object's bytes (the full
+    /// form, [`DeadLetter::to_json`]) and the topic's message ([`DeadLetter::message`]).
+    pub fn encode(&self, object_url: &str, max_bytes: usize) -> (bytes::Bytes, DeadLetterMessage) {
+        let full = bytes::Bytes::from(self.to_json());
         let (data, truncated) = if full.len() <= max_bytes {
-            (full, false)
+            (full.clone(), false)
         } else {
-            (self.short_form(object_url).to_json(), true)
+            (
+                bytes::Bytes::from(self.short_form(object_url).to_json()),
+                true,
+            )
         };
         let codes: Vec<&str> = self.codes().into_iter().map(ErrorCode::as_str).collect();
         let mut attributes = vec![
@@ -250,11 +260,14 @@ impl DeadLetter {
             attributes.push(("object", object_url.to_owned()));
             attributes.push(("truncated", "true".to_owned()));
         }
-        DeadLetterMessage {
-            data,
-            attributes,
-            truncated,
-        }
+        (
+            full,
+            DeadLetterMessage {
+                data,
+                attributes,
+                truncated,
+            },
+        )
     }
 
     /// The short form (see [`DeadLetter::message`]).

@@ -406,13 +406,13 @@ impl Data for EncodedDeadLetter {
 /// (the short form names the object by its full URL). Attribute values are clipped to Pub/Sub's limit.
 pub fn encode_dead_letter(d: &DeadLetter, archive_url: &str) -> EncodedDeadLetter {
     let object_url = format!("{}/{}", archive_url.trim_end_matches('/'), d.object_name());
-    let m = d.message(&object_url, DEAD_LETTER_MESSAGE_MAX_BYTES);
+    let (object, m) = d.encode(&object_url, DEAD_LETTER_MESSAGE_MAX_BYTES);
     let mut message = PubsubOut::new(m.data);
     for (key, value) in m.attributes {
         message = message.with_clipped_attribute(key, value);
     }
     EncodedDeadLetter {
-        object: ObjectBytes(Bytes::from(d.to_json())),
+        object: ObjectBytes(object),
         message,
     }
 }

@@ -365,30 +365,29 @@ struct Shared {
 impl Shared {
     /// Remembers the failed deliveries of a resolved batch.
     fn remember_failures(&self, ids: &BatchIds, outcomes: &Outcomes) {
-        let mut memory: Option<std::sync::MutexGuard<'_, FailureMemory>> = None;
+        if outcomes.statuses.iter().all(|s| s.is_delivered()) {
+            return;
+        }
+        let mut memory = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let unknown: Arc<str> = Arc::from("not stored (no reason reported)");
+        // Both lists are in index order: walk them alongside the statuses.
+        let mut reasons = outcomes.failures.iter().peekable();
+        let mut earlier = ids.earlier.iter().peekable();
         for (i, status) in outcomes.statuses.iter().enumerate() {
+            let reason = reasons.next_if(|f| f.index == i).map(|f| f.reason.clone());
+            let before = earlier.next_if(|(at, _)| *at == i).map(|(_, h)| h.as_ref());
             if status.is_delivered() {
                 continue;
             }
             let Some(id) = ids.get(i) else { continue };
-            let reason = outcomes
-                .failures
-                .iter()
-                .find(|f| f.index == i)
-                .map_or_else(|| unknown.clone(), |f| f.reason.clone());
-            let earlier = ids
-                .earlier
-                .iter()
-                .find(|(at, _)| *at == i)
-                .map(|(_, h)| h.as_ref());
-            let m = memory
-                .get_or_insert_with(|| self.failures.lock().unwrap_or_else(|p| p.into_inner()));
-            m.record(id, earlier, *status, reason);
+            memory.record(
+                id,
+                before,
+                *status,
+                reason.unwrap_or_else(|| unknown.clone()),
+            );
         }
-        if let Some(m) = memory {
-            self.remembered.store(m.len(), Ordering::Release);
-        }
+        self.remembered.store(memory.len(), Ordering::Release);
     }
 
     /// The remembered history of a message being received again (taken out of the memory).
