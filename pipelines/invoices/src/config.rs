@@ -139,6 +139,13 @@ pub struct Tuning {
     /// BigQuery rows per sink batch (one per invoice plus one per item). Default 4,000 (measured
     /// faster than 2,000 against bqemulator, `docs/benchmarks.md`).
     pub bigquery_batch_rows: usize,
+    /// Deadline of one BigQuery `AppendRows` answer, in milliseconds; an append without an answer is
+    /// sent again at the same offset (written once either way). Default 20,000.
+    pub bigquery_append_timeout_ms: u64,
+    /// Bytes of serialized rows per BigQuery `AppendRows` request (1,024..=9,000,000; the API allows 10 MB
+    /// per request). A row larger than this is refused (its message becomes an `NFE_SINK_REJECTED` dead
+    /// letter). Default 5,000,000.
+    pub bigquery_request_bytes: usize,
     /// Longest wait before a partly filled sink batch is written, in milliseconds. Default 100.
     pub max_batch_delay_ms: u64,
     /// Longest wait before a partly filled archive object (raw, processed) is written, in
@@ -159,6 +166,8 @@ impl Default for Tuning {
             ack_deadline_secs: 60,
             bigtable_batch_rows: 1_000,
             bigquery_batch_rows: 4_000,
+            bigquery_append_timeout_ms: 20_000,
+            bigquery_request_bytes: 5_000_000,
             max_batch_delay_ms: 100,
             archive_delay_ms: 2_000,
             processed_archive: true,
@@ -348,6 +357,20 @@ impl Profile {
             if v == 0 || v > 100_000 {
                 return Err(invalid(field, v, "must be 1..=100000"));
             }
+        }
+        if !(1_024..=9_000_000).contains(&t.bigquery_request_bytes) {
+            return Err(invalid(
+                "tuning.bigquery_request_bytes",
+                t.bigquery_request_bytes,
+                "must be 1024..=9000000 (AppendRows allows 10 MB per request)",
+            ));
+        }
+        if !(100..=600_000).contains(&t.bigquery_append_timeout_ms) {
+            return Err(invalid(
+                "tuning.bigquery_append_timeout_ms",
+                t.bigquery_append_timeout_ms,
+                "must be 100..=600000",
+            ));
         }
         if t.max_batch_delay_ms == 0 || t.archive_delay_ms == 0 {
             return Err(invalid(

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fluxo::{Data, DoFn, DoFnContext, PCollection, SinkConfig, Tagged, Timestamp, Windowing};
-use fluxo_gcp::bigquery::{BigQuerySink, TableRow};
+use fluxo_gcp::bigquery::BigQuerySink;
 use fluxo_gcp::bigtable::{BigtableSink, RowMutation, SetCell};
 use fluxo_gcp::pubsub::{PubsubMessage, PubsubOut, PubsubSink};
 use fluxo_gcp::storage::{ObjectKey, ParquetFormat, Record, StorageSink, Value};
@@ -283,32 +283,6 @@ pub fn bigtable_mutations(layout: &nfe::BigtableLayout, invoice: &Invoice) -> [R
     })
 }
 
-/// The BigQuery rows of an invoice: one `invoices` row and one `invoice_items` row per line, with
-/// stable insert ids.
-pub fn bigquery_rows(
-    invoices_table: &Arc<str>,
-    items_table: &Arc<str>,
-    invoice: &Invoice,
-) -> Vec<TableRow> {
-    let mut rows = Vec::with_capacity(1 + invoice.items.len());
-    let head = nfe::bigquery::invoice_row(invoice);
-    // Serializing a struct of strings and integers cannot fail; a failure would be a bug, so the row
-    // is skipped with an error log rather than a panic.
-    match TableRow::encode(invoices_table.clone(), head.insert_id, &head.row) {
-        Ok(r) => rows.push(r),
-        Err(e) => tracing::error!(error = %e, nfe_id = invoice.nfe_id, "cannot encode invoice row"),
-    }
-    for item in nfe::bigquery::item_rows(invoice) {
-        match TableRow::encode(items_table.clone(), item.insert_id, &item.row) {
-            Ok(r) => rows.push(r),
-            Err(e) => {
-                tracing::error!(error = %e, nfe_id = invoice.nfe_id, "cannot encode item row")
-            }
-        }
-    }
-    rows
-}
-
 /// Parquet schema of the processed archive: one row per invoice line, with its invoice's header.
 pub const PROCESSED_SCHEMA: &str = "message invoice_line {
     required int64 nfe_id;
@@ -448,6 +422,8 @@ pub struct Sinks {
     pub bigtable: LatencySink<BigtableSink>,
     /// `invoices` and `invoice_items`.
     pub bigquery: BigQuerySink,
+    /// How invoices become rows of the BigQuery sink's tables.
+    pub bigquery_layout: crate::bq_rows::BigQueryLayout,
     /// Raw archive: on time and late.
     pub raw: Option<(StorageSink<ArchivedMessage>, StorageSink<ArchivedMessage>)>,
     /// Processed archive.
@@ -518,15 +494,10 @@ fn fan_out(
         })
         .write("Bigtable", sinks.bigtable, s.bigtable_batch);
 
-    let (head, items): (Arc<str>, Arc<str>) = (
-        Arc::from(nfe::bigquery::INVOICES.name),
-        Arc::from(nfe::bigquery::INVOICE_ITEMS.name),
-    );
+    let bq = sinks.bigquery_layout;
     invoices
         .parallel(s.parallelism)
-        .flat_map("BigQueryRows", move |inv: Arc<Invoice>| {
-            bigquery_rows(&head, &items, &inv)
-        })
+        .flat_map("BigQueryRows", move |inv: Arc<Invoice>| bq.rows(&inv))
         .write("BigQuery", sinks.bigquery, s.bigquery_batch);
 
     if let Some(processed) = sinks.processed {
@@ -614,14 +585,6 @@ mod tests {
                 );
             }
         }
-        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("invoices"), Arc::from("invoice_items"));
-        let rows = bigquery_rows(&a, &b, &inv);
-        assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0].table(), Some("invoices"));
-        assert_eq!(
-            rows[1].insert_id(),
-            Some(&*format!("{}-1", nfe::bigquery::invoice_insert_id(&inv)))
-        );
     }
 
     #[tokio::test]

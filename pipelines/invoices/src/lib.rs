@@ -10,6 +10,7 @@
 //! derived from it (or its dead letter was stored); a crash redelivers, and every write is idempotent or
 //! de-duplicable (see `docs/invoices.md`).
 
+pub mod bq_rows;
 pub mod config;
 pub mod graph;
 pub mod latency;
@@ -20,6 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bq_rows::BigQueryLayout;
 use fluxo::{
     Pipeline, PipelineConfig, RunOptions, RunReport, Shutdown, ShutdownSignal, SinkConfig,
 };
@@ -176,7 +178,8 @@ pub fn bigtable_settings(p: &Profile) -> BigtableSinkConfig {
     }
 }
 
-fn bigquery_config(p: &Profile) -> BigQuerySinkConfig {
+/// The BigQuery sink configuration of a profile (sink and benchmarks).
+pub fn bigquery_config(p: &Profile) -> BigQuerySinkConfig {
     BigQuerySinkConfig {
         project: p.project.clone(),
         dataset: p.bigquery_dataset.clone(),
@@ -184,6 +187,8 @@ fn bigquery_config(p: &Profile) -> BigQuerySinkConfig {
             nfe::bigquery::INVOICES.name.to_string(),
             nfe::bigquery::INVOICE_ITEMS.name.to_string(),
         ],
+        append_timeout_ms: p.tuning.bigquery_append_timeout_ms,
+        max_bytes_per_request: p.tuning.bigquery_request_bytes,
         ..BigQuerySinkConfig::default()
     }
 }
@@ -196,8 +201,9 @@ fn archive_sink_config(p: &Profile, naming: String) -> StorageSinkConfig {
 }
 
 /// Creates every resource of the profile, idempotently: the topics, the subscription (with the
-/// dead-letter policy), the Bigtable table and families, the BigQuery dataset and tables, the bucket
-/// (or directory) of the archive.
+/// dead-letter policy), the Bigtable table and families, the BigQuery dataset, tables and views
+/// (`invoices_current`, `invoice_items_current`: created or replaced), the bucket (or directory) of
+/// the archive.
 pub async fn provision(p: &Profile) -> Result<(), Error> {
     let prov = |what: &str, e: &dyn std::fmt::Display| Error::Provision(format!("{what}: {e}"));
     let client = PubsubClient::connect(Endpoint::resolve(None)?, &p.project).await?;
@@ -282,6 +288,17 @@ pub async fn provision(p: &Profile) -> Result<(), Error> {
             .await
             .map_err(|e| prov(&format!("BigQuery table {}", spec.name), &e))?;
     }
+    // The query surface: one row per invoice and per line, whatever duplicates the tables hold
+    // (docs/bigquery.md). `CREATE OR REPLACE VIEW` through `jobs.query` creates the view or
+    // replaces its definition, on BigQuery and on bqemulator alike (`tables.insert` with a `view`
+    // works on both too, but leaves an existing, older definition in place). In creation order:
+    // the items view reads the invoices view.
+    for view in nfe::bigquery::VIEWS {
+        bq.query(&view.create_or_replace(&p.project, &p.bigquery_dataset))
+            .await
+            .map_err(|e| prov(&format!("BigQuery view {}", view.name), &e))?;
+        tracing::info!(view = view.name, "BigQuery view created or replaced");
+    }
 
     let location = Location::parse(&p.archive_url, "archive_url")?;
     if let Location::File(dir) = &location {
@@ -304,6 +321,12 @@ async fn open_sinks(
 ) -> Result<Sinks, Error> {
     let bigtable = BigtableSink::connect(&bigtable_settings(p)).await?;
     let bigquery = BigQuerySink::connect(&bigquery_config(p)).await?;
+    let bigquery_layout = BigQueryLayout::new(&bigquery).map_err(|e| {
+        Error::Connector(fluxo_gcp::ConfigError::invalid(
+            "bigquery.tables",
+            format!("{e}; run `invoices provision` to create the tables from the schema files"),
+        ))
+    })?;
     let raw = if with_archives {
         let mk = |prefix: &str| {
             let mut c = archive_sink_config(
@@ -355,6 +378,7 @@ async fn open_sinks(
     Ok(Sinks {
         bigtable: LatencySink::new(bigtable, latency),
         bigquery,
+        bigquery_layout,
         raw,
         processed,
         dead_letter_objects,

@@ -97,8 +97,12 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Count what Bigtable, BigQuery and Cloud Storage hold (from the stores themselves) as JSON.
+    /// Count what Bigtable, BigQuery and Cloud Storage hold (from the stores themselves) as JSON: plain
+    /// counts and exact sums of Bigtable, of the BigQuery views and of the raw BigQuery tables.
     Inventory,
+    /// Print the DDL of the BigQuery views invoices_current and invoice_items_current (the query
+    /// surface; `provision` runs it) as one script, e.g. for `bq query --use_legacy_sql=false`.
+    Views,
     /// List and count the dead letters stored in Cloud Storage (by code and stage, newest first) as
     /// JSON; with --subscription, also peek at what waits on the dead-letter subscription.
     DeadLetters {
@@ -228,6 +232,14 @@ async fn run(cli: Cli, profile: Profile) -> anyhow::Result<i32> {
             eprintln!("{} invoices", entries.len());
         }
         Command::Inventory => print_json(&query::inventory(&profile).await?)?,
+        Command::Views => {
+            for view in nfe::bigquery::VIEWS {
+                println!(
+                    "{};\n",
+                    view.create_or_replace(&profile.project, &profile.bigquery_dataset)
+                );
+            }
+        }
         Command::DeadLetters {
             prefix,
             limit,

@@ -1,6 +1,7 @@
 //! Reading back: one invoice by id (one Bigtable row read), invoices of an emission-date range (one
-//! range scan per index bucket, merged), and an inventory of what every store holds, counted
-//! independently of the pipeline's own report.
+//! range scan per index bucket, merged), and an inventory of what every store holds (plain counts
+//! and exact sums; BigQuery through its views and in its raw tables), counted independently of the
+//! pipeline's own report.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +9,7 @@ use bytes::Bytes;
 use fluxo_gcp::bigquery::{BigQueryAdmin, ClientConfig};
 use fluxo_gcp::bigtable::{BigtableReader, KeyRange, ReadRow};
 use fluxo_gcp::storage::{Location, Store, StoreOptions};
+use nfe::bigquery::Numeric;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -121,27 +123,89 @@ pub async fn list_by_emission(
     Ok(out)
 }
 
-/// What every store holds, counted from the stores themselves.
+/// What every store holds, counted from the stores themselves. Sums are exact (see
+/// [`Numeric`]); in JSON they are decimal strings (`"318.9"`).
+///
+/// BigQuery is counted twice: through the views `invoices_current` / `invoice_items_current`, the
+/// query surface (each invoice and each line once, in its current version), and in the raw tables,
+/// which keep every copy written (redeliveries, retries, replays: the delivery is at least once) and
+/// every version. `*_current` equals what Bigtable holds; the raw counts show the duplicates.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Inventory {
     /// Bigtable invoice rows (`i#...`).
     pub bigtable_invoice_rows: u64,
     /// Bigtable emission-index rows (`e#...`).
     pub bigtable_index_rows: u64,
-    /// Rows of BigQuery `invoices` (duplicates from redeliveries included).
+    /// Sum of the invoice rows' `h:net` (the newest cell of each).
+    pub bigtable_net: Numeric,
+    /// Lines in the invoice rows' `l:items` cells.
+    pub bigtable_items: u64,
+    /// Sum of those lines' `total`.
+    pub bigtable_line_total: Numeric,
+    /// `COUNT(*)` of the view `invoices_current`: one row per invoice.
+    pub bigquery_invoices_current: u64,
+    /// `SUM(net)` of `invoices_current`.
+    pub bigquery_net_current: Numeric,
+    /// `COUNT(*)` of the view `invoice_items_current`: one row per line.
+    pub bigquery_items_current: u64,
+    /// `SUM(line_total)` of `invoice_items_current`.
+    pub bigquery_line_total_current: Numeric,
+    /// `COUNT(*)` of the table `invoices`: every copy of every version.
     pub bigquery_invoices: u64,
-    /// Distinct `(nfe_id, content_hash)` in `invoices`: the invoices once duplicates are removed.
+    /// Distinct `(nfe_id, content_hash)` in `invoices`: the versions.
     pub bigquery_invoices_distinct: u64,
-    /// Rows of BigQuery `invoice_items`.
+    /// `SUM(net)` of the table `invoices` (each copy counted).
+    pub bigquery_net: Numeric,
+    /// `COUNT(*)` of the table `invoice_items`.
     pub bigquery_items: u64,
     /// Distinct `(nfe_id, content_hash, line_number)` in `invoice_items`.
     pub bigquery_items_distinct: u64,
+    /// `SUM(line_total)` of the table `invoice_items` (each copy counted).
+    pub bigquery_line_total: Numeric,
     /// Cloud Storage objects per prefix (`raw`, `raw-late`, `processed/invoice_lines`, `dead-letter`).
     pub objects: BTreeMap<String, u64>,
     /// Records in the raw archive (`raw/` and `raw-late/`).
     pub raw_records: u64,
     /// Dead-letter objects by error code (a record with several codes counts under each).
     pub dead_letters_by_code: BTreeMap<String, u64>,
+}
+
+/// Sums `value` (exact decimal text) into `total`.
+fn add_text(total: &mut Numeric, value: &str, what: &str) -> Result<(), Error> {
+    let v: Numeric = value.parse().map_err(|e| read_err(what, e))?;
+    *total = total
+        .checked_add(v)
+        .ok_or_else(|| read_err(what, "the sum overflows"))?;
+    Ok(())
+}
+
+/// Invoice rows, their net total, their lines and the lines' total, from the newest cells.
+async fn bigtable_totals(reader: &BigtableReader, inv: &mut Inventory) -> Result<(), Error> {
+    let rows = reader
+        .scan_prefix(Bytes::from_static(nfe::bigtable::INVOICE_PREFIX), 0)
+        .await
+        .map_err(|e| read_err("Bigtable scan", e))?;
+    inv.bigtable_invoice_rows = rows.len() as u64;
+    for row in &rows {
+        let key = String::from_utf8_lossy(&row.key);
+        let what = format!("Bigtable row {key}");
+        let cells = row_json(row);
+        let net = cells["net"]
+            .as_str()
+            .ok_or_else(|| read_err(&what, "no h:net cell"))?;
+        add_text(&mut inv.bigtable_net, net, &what)?;
+        let lines = cells["items"]
+            .as_array()
+            .ok_or_else(|| read_err(&what, "no l:items cell with a JSON array"))?;
+        inv.bigtable_items += lines.len() as u64;
+        for line in lines {
+            let total = line["total"]
+                .as_str()
+                .ok_or_else(|| read_err(&what, "a line without a total"))?;
+            add_text(&mut inv.bigtable_line_total, total, &what)?;
+        }
+    }
+    Ok(())
 }
 
 async fn count_prefix(reader: &BigtableReader, prefix: &'static [u8]) -> Result<u64, Error> {
@@ -152,41 +216,84 @@ async fn count_prefix(reader: &BigtableReader, prefix: &'static [u8]) -> Result<
     Ok(rows.len() as u64)
 }
 
-async fn bq_count(admin: &BigQueryAdmin, sql: &str) -> Result<u64, Error> {
+/// The first row of a query as cells, or an error naming the query.
+async fn bq_first_row(admin: &BigQueryAdmin, sql: &str) -> Result<Map<String, Value>, Error> {
     let result = admin
         .query(sql)
         .await
         .map_err(|e| read_err("BigQuery query", e))?;
-    let records = result.records();
-    let first = records
-        .first()
-        .and_then(|r| r.values().next())
-        .ok_or_else(|| read_err("BigQuery query", format!("no row from {sql}")))?;
-    match first {
+    result
+        .records()
+        .into_iter()
+        .next()
+        .ok_or_else(|| read_err("BigQuery query", format!("no row from {sql}")))
+}
+
+fn cell_u64(row: &Map<String, Value>, name: &str) -> Result<u64, Error> {
+    let v = row.get(name).unwrap_or(&Value::Null);
+    match v {
         Value::Number(n) => n.as_u64(),
         Value::String(s) => s.parse().ok(),
         _ => None,
     }
-    .ok_or_else(|| read_err("BigQuery query", format!("unexpected count {first}")))
+    .ok_or_else(|| read_err("BigQuery query", format!("unexpected {name} {v}")))
+}
+
+fn cell_numeric(row: &Map<String, Value>, name: &str) -> Result<Numeric, Error> {
+    match row.get(name).unwrap_or(&Value::Null) {
+        Value::String(s) => s.parse().map_err(|e| read_err("BigQuery query", e)),
+        v => Err(read_err("BigQuery query", format!("unexpected {name} {v}"))),
+    }
+}
+
+/// `COUNT(*)` and the exact `SUM(column)` of a table or view (`NUMERIC`, read as text, never as a
+/// float; `COALESCE` because the sum of no row is `NULL`).
+async fn bq_count_sum(
+    admin: &BigQueryAdmin,
+    from: &str,
+    column: &str,
+) -> Result<(u64, Numeric), Error> {
+    let row = bq_first_row(
+        admin,
+        &format!("SELECT COUNT(*) AS n, COALESCE(SUM({column}), 0) AS total FROM {from}"),
+    )
+    .await?;
+    Ok((cell_u64(&row, "n")?, cell_numeric(&row, "total")?))
+}
+
+async fn bq_count(admin: &BigQueryAdmin, sql: &str) -> Result<u64, Error> {
+    cell_u64(&bq_first_row(admin, sql).await?, "n")
 }
 
 /// Counts everything the profile's stores hold.
 pub async fn inventory(p: &Profile) -> Result<Inventory, Error> {
     let mut inv = Inventory::default();
     let bt = reader(p).await?;
-    inv.bigtable_invoice_rows = count_prefix(&bt, nfe::bigtable::INVOICE_PREFIX).await?;
+    bigtable_totals(&bt, &mut inv).await?;
     inv.bigtable_index_rows = count_prefix(&bt, nfe::bigtable::INDEX_PREFIX).await?;
 
     let bq = BigQueryAdmin::connect(&p.project, &ClientConfig::default()).await?;
-    let table = |t: &str| format!("`{}.{}.{}`", p.project, p.bigquery_dataset, t);
-    let (head, items) = (table("invoices"), table("invoice_items"));
-    inv.bigquery_invoices = bq_count(&bq, &format!("SELECT COUNT(*) AS n FROM {head}")).await?;
+    let (project, dataset) = (p.project.as_str(), p.bigquery_dataset.as_str());
+    let table = |t: &str| format!("`{project}.{dataset}.{t}`");
+    let (head, items) = (
+        table(nfe::bigquery::INVOICES.name),
+        table(nfe::bigquery::INVOICE_ITEMS.name),
+    );
+    let (head_view, items_view) = (
+        nfe::bigquery::INVOICES_CURRENT.qualified(project, dataset),
+        nfe::bigquery::INVOICE_ITEMS_CURRENT.qualified(project, dataset),
+    );
+    (inv.bigquery_invoices_current, inv.bigquery_net_current) =
+        bq_count_sum(&bq, &head_view, "net").await?;
+    (inv.bigquery_items_current, inv.bigquery_line_total_current) =
+        bq_count_sum(&bq, &items_view, "line_total").await?;
+    (inv.bigquery_invoices, inv.bigquery_net) = bq_count_sum(&bq, &head, "net").await?;
+    (inv.bigquery_items, inv.bigquery_line_total) = bq_count_sum(&bq, &items, "line_total").await?;
     inv.bigquery_invoices_distinct = bq_count(
         &bq,
         &format!("SELECT COUNT(*) AS n FROM (SELECT DISTINCT nfe_id, content_hash FROM {head})"),
     )
     .await?;
-    inv.bigquery_items = bq_count(&bq, &format!("SELECT COUNT(*) AS n FROM {items}")).await?;
     inv.bigquery_items_distinct = bq_count(
         &bq,
         &format!(

@@ -10,22 +10,20 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fluxo_gcp::bigquery::{BigQueryAdmin, ClientConfig};
 use fluxo_gcp::pubsub::raw::proto::{
-    ModifyAckDeadlineRequest, PublishRequest, PubsubMessage as RawMessage, PullRequest,
+    ModifyAckDeadlineRequest, PubsubMessage as RawMessage, PullRequest,
 };
 use fluxo_gcp::pubsub::{Endpoint, PubsubClient, MAX_ATTRIBUTE_VALUE_BYTES};
 use fluxo_gcp::storage::{Location, Store, StoreOptions};
 use invoice_api::{Generator, GeneratorConfig};
-use invoices::config::Profile;
+use invoices::config::{ConfigFile, Profile};
 use invoices::query;
 use sha2::{Digest, Sha256};
 
-use common::{drain, profile, run_until_idle, start_stack, trim_decimal};
+use common::{drain, profile, publish, python_totals, run_until_idle, start_stack, trim_decimal};
 
 /// One record of the corpus and what must become of it.
 struct Case {
@@ -217,80 +215,11 @@ fn corpus() -> Vec<Case> {
     ]
 }
 
-/// Exact totals of valid records computed by Python's `decimal` module, reading each record with
-/// Python's own JSON parser (an oracle independent of the code under test): id -> (gross, net).
-fn python_totals(records: &[&[u8]]) -> BTreeMap<i64, (String, String)> {
-    let script = r#"
-import json, sys
-from decimal import Decimal, getcontext
-getcontext().prec = 200
-out = {}
-for text in json.load(sys.stdin):
-    r = json.loads(text, parse_float=Decimal, parse_int=Decimal)
-    gross = sum((Decimal(i["Value"]) * Decimal(i["Quantity"]) for i in r["ItemList"]), Decimal(0))
-    net = gross - Decimal(r["Discount"])
-    out[str(int(r["NFeID"]))] = [format(gross, "f"), format(net, "f")]
-print(json.dumps(out))
-"#;
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    {
-        // The records' texts as one JSON array of strings (valid records are UTF-8).
-        let texts: Vec<&str> = records
-            .iter()
-            .map(|r| std::str::from_utf8(r).unwrap())
-            .collect();
-        let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(&serde_json::to_vec(&texts).unwrap())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let map: BTreeMap<String, (String, String)> = serde_json::from_slice(&out.stdout).unwrap();
-    map.into_iter()
-        .map(|(k, (g, n))| (k.parse().unwrap(), (trim_decimal(&g), trim_decimal(&n))))
-        .collect()
-}
-
 fn sha256_hex(b: &[u8]) -> String {
     Sha256::digest(b)
         .iter()
         .map(|x| format!("{x:02x}"))
         .collect()
-}
-
-async fn publish(client: &PubsubClient, p: &Profile, messages: Vec<RawMessage>) {
-    let topic = client.topic_path(&p.topic).unwrap();
-    let mut batch = Vec::new();
-    let mut bytes = 0;
-    for m in messages {
-        if bytes + m.data.len() > 8_000_000 && !batch.is_empty() {
-            client
-                .publish(PublishRequest {
-                    topic: topic.clone(),
-                    messages: std::mem::take(&mut batch),
-                })
-                .await
-                .expect("publish");
-            bytes = 0;
-        }
-        bytes += m.data.len();
-        batch.push(m);
-    }
-    if !batch.is_empty() {
-        client
-            .publish(PublishRequest {
-                topic,
-                messages: batch,
-            })
-            .await
-            .expect("publish");
-    }
 }
 
 /// Receives the message with `data` and hands it back (nack) `times` times, as a failing worker
@@ -526,46 +455,22 @@ async fn every_hostile_record_ends_as_an_exact_row_or_one_dead_letter() {
     assert_eq!(report.dead_letters_by_code, inv.dead_letters_by_code);
 }
 
-/// Schema drift: the `invoice_items` table was created with `quantity` as INTEGER, so BigQuery refuses,
-/// row by row and permanently, the items of invoices with fractional quantities. Those messages are
-/// nacked once, come back with their history, and end as one `NFE_SINK_REJECTED` dead letter each
-/// (acknowledged); the other invoices are stored whole. Nothing is redelivered forever.
+/// Rows BigQuery cannot take: the profile allows 1,024 bytes of rows per `AppendRows` request, and
+/// the item rows of 20 invoices are larger than that (product names of 120 four-byte characters), so
+/// the sink refuses those rows, permanently. Those messages are nacked once, come back with their history, and end as one
+/// `NFE_SINK_REJECTED` dead letter each (acknowledged); the other invoices are stored whole. Nothing is
+/// redelivered forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rows_a_sink_refuses_become_sink_rejected_dead_letters() {
-    use fluxo_gcp::bigquery::{TableOptions, TimePartitioning};
     let emulators = start_stack().await;
     let project = emulators.project().to_string();
-    let p = profile(&project, "drift", "");
-    let admin = BigQueryAdmin::connect(&project, &ClientConfig::default())
-        .await
-        .unwrap();
-    admin
-        .create_dataset(&p.bigquery_dataset, None)
-        .await
-        .unwrap();
-    let items = nfe::bigquery::INVOICE_ITEMS;
-    let drifted = items.schema_json.replace(
-        r#"{"name": "quantity", "type": "NUMERIC""#,
-        r#"{"name": "quantity", "type": "INTEGER""#,
-    );
-    assert_ne!(
-        drifted, items.schema_json,
-        "the schema has a NUMERIC quantity"
-    );
-    admin
-        .create_table(
-            &p.bigquery_dataset,
-            items.name,
-            &drifted,
-            &TableOptions {
-                time_partitioning: Some(TimePartitioning::day(items.partition_field)),
-                clustering: items.clustering.iter().map(|c| c.to_string()).collect(),
-                description: None,
-            },
-        )
-        .await
-        .unwrap();
-    // Provisioning leaves the existing (drifted) table as it is.
+    let p = ConfigFile::parse(
+        &common::profile_toml_tuned(&project, "refused", "bigquery_request_bytes = 1024"),
+        "test.toml",
+    )
+    .unwrap()
+    .profile("test", "test.toml")
+    .unwrap();
     invoices::provision(&p).await.unwrap();
     let client = PubsubClient::connect(Endpoint::resolve(None).unwrap(), &project)
         .await
@@ -574,8 +479,16 @@ async fn rows_a_sink_refuses_become_sink_rejected_dead_letters() {
     let whole: Vec<Vec<u8>> = (0..20)
         .map(|i| record("3.50", "2", "0", 910_000 + i))
         .collect();
+    // 120 characters (the validation's limit) of 4 bytes each, twice in the row (name and key).
+    let long_name = "\u{1D538}".repeat(120);
     let fractional: Vec<Vec<u8>> = (0..20)
-        .map(|i| record("3.50", "2.5", "0", 920_000 + i))
+        .map(|i| {
+            items_record(
+                &format!(r#"{{"ProductName":"{long_name}","Value":3.50,"Quantity":2.5}}"#),
+                "0",
+                920_000 + i,
+            )
+        })
         .collect();
     publish(
         &client,
@@ -612,7 +525,9 @@ async fn rows_a_sink_refuses_become_sink_rejected_dead_letters() {
             assert_eq!(m.attributes["stage"], "sink");
             let letter: nfe::DeadLetter = serde_json::from_slice(&m.data).unwrap();
             assert!(
-                letter.issues[0].message.contains("BigQuery"),
+                letter.issues[0]
+                    .message
+                    .contains("exceeds max_bytes_per_request (1024)"),
                 "{}",
                 letter.issues[0].message
             );
@@ -625,7 +540,7 @@ async fn rows_a_sink_refuses_become_sink_rejected_dead_letters() {
     assert_eq!(summary.objects, 20);
     assert_eq!(summary.by_stage, BTreeMap::from([("sink".to_string(), 20)]));
 
-    // The whole invoices are stored everywhere; Bigtable also holds the refused ones (it accepted
+    // The other invoices are stored everywhere; Bigtable also holds the refused ones (it accepted
     // them before BigQuery refused their items): the dead letter says which store refused.
     let inv = query::inventory(&p).await.unwrap();
     assert_eq!(inv.bigquery_items, 20);

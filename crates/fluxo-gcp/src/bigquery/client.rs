@@ -29,9 +29,18 @@ pub enum BigQueryError {
         /// Error message.
         message: String,
     },
-    /// One row of an `insertAll` request was not inserted. Retriable for the reasons `stopped` (another
-    /// row of the request was invalid), `timeout`, `backendError`, `internalError`; permanent otherwise
-    /// (`invalid`, ...).
+    /// A gRPC call (Storage Write API) failed or an append was refused. Retriable for the codes Google
+    /// documents as transient (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `ABORTED`,
+    /// `INTERNAL`, ...); permanent otherwise (`INVALID_ARGUMENT`, `PERMISSION_DENIED`, `NOT_FOUND`).
+    #[error("BigQuery answered {code:?}: {message}")]
+    Grpc {
+        /// Status code.
+        code: tonic::Code,
+        /// What failed, and the status message.
+        message: String,
+    },
+    /// One row was refused (`row_errors` of an append). Permanent unless `reason` is one of `stopped`,
+    /// `timeout`, `backendError`, `internalError`.
     #[error("BigQuery did not insert the row ({reason} at '{location}'): {message}")]
     Row {
         /// `insertErrors[].errors[].reason`.
@@ -83,6 +92,7 @@ impl ErrorClass for BigQueryError {
                     || matches!(*status, 401 | 404 | 408 | 429)
                     || (*status == 403 && RETRIABLE_REASONS.contains(&reason.as_str()))
             }
+            BigQueryError::Grpc { code, .. } => crate::error::grpc_code_is_retriable(*code),
             BigQueryError::Row { reason, .. } => RETRIABLE_REASONS.contains(&reason.as_str()),
             BigQueryError::RowTooLarge { .. }
             | BigQueryError::UnknownTable(_)
@@ -96,6 +106,14 @@ impl BigQueryError {
     pub fn status(&self) -> Option<u16> {
         match self {
             BigQueryError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Status code of a [`BigQueryError::Grpc`] error.
+    pub fn grpc_code(&self) -> Option<tonic::Code> {
+        match self {
+            BigQueryError::Grpc { code, .. } => Some(*code),
             _ => None,
         }
     }

@@ -14,10 +14,15 @@ pub const EMULATOR_ENV: &str = "BIGQUERY_EMULATOR_HOST";
 pub const GOOGLE_ENDPOINT: &str = "https://bigquery.googleapis.com";
 /// OAuth scope requested for Application Default Credentials.
 pub const BIGQUERY_SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
-/// `tabledata.insertAll` limit: rows per request.
+/// Environment variable naming bqemulator's gRPC endpoint (Storage Read and Write APIs, `host:port`).
+pub const WRITE_EMULATOR_ENV: &str = "BIGQUERY_EMULATOR_GRPC_HOST";
+/// The real Storage Write API endpoint.
+pub const GOOGLE_WRITE_ENDPOINT: &str = "https://bigquerystorage.googleapis.com";
+/// Rows per `AppendRows` request this sink accepts as a setting (the API limits bytes, not rows).
 pub const MAX_ROWS_PER_REQUEST: usize = 50_000;
-/// `tabledata.insertAll` limit: HTTP request size.
-pub const MAX_BYTES_PER_REQUEST: usize = 10_000_000;
+/// Bytes of rows per `AppendRows` request: the API refuses requests above 10 MB; this leaves room for the
+/// descriptor and framing.
+pub const MAX_BYTES_PER_REQUEST: usize = 9_000_000;
 
 /// How the client reaches BigQuery: endpoint, credentials and timeouts. Shared by the sink and by
 /// [`BigQueryAdmin`](super::BigQueryAdmin).
@@ -82,6 +87,12 @@ pub fn resolve_endpoint(explicit: Option<&str>) -> Endpoint {
             None => (GOOGLE_ENDPOINT.to_string(), EndpointSource::Google),
         },
     };
+    let url = with_scheme(raw);
+    Endpoint { url, source }
+}
+
+/// `host:port` becomes `http://host:port` (emulator addresses are plain `host:port`); trailing slashes go.
+fn with_scheme(raw: String) -> String {
     let mut url = if raw.contains("://") {
         raw
     } else {
@@ -90,7 +101,7 @@ pub fn resolve_endpoint(explicit: Option<&str>) -> Endpoint {
     while url.ends_with('/') {
         url.pop();
     }
-    Endpoint { url, source }
+    url
 }
 
 /// A checked [`ClientConfig`].
@@ -171,20 +182,28 @@ pub struct BigQuerySinkConfig {
     /// `connect_timeout_ms`).
     #[serde(flatten)]
     pub client: ClientConfig,
-    /// `skipInvalidRows`: insert the valid rows of a request even when some are invalid; only the invalid
-    /// ones are reported (and rejected). With `false`, BigQuery inserts nothing when a row is invalid and
-    /// reports the others as `stopped`; the sink then retries them in a second request. Default: true.
-    pub skip_invalid_rows: bool,
-    /// `ignoreUnknownValues`: drop fields the table does not have instead of rejecting the row.
-    /// Default: false.
-    pub ignore_unknown_values: bool,
-    /// Rows per `insertAll` request (Google recommends 500; the API allows 50,000). A sink batch is split
-    /// into requests of at most this many rows per table. Default: 500.
+    /// Storage Write API endpoint (gRPC): `host:port` of an emulator or an `http(s)://` URL. Default: none,
+    /// which means `BIGQUERY_EMULATOR_GRPC_HOST` when set, else `https://bigquerystorage.googleapis.com`
+    /// (an error when `BIGQUERY_EMULATOR_HOST` points the REST calls at an emulator but no gRPC endpoint
+    /// is known: rows would go to Google).
+    pub write_endpoint: Option<String>,
+    /// Rows per `AppendRows` request. A sink batch is split into requests of at most this many rows per
+    /// table. Default: 2000.
     pub max_rows_per_request: usize,
-    /// Bytes of row JSON per request (the API allows 10 MB per HTTP request). Default: 5,000,000.
+    /// Bytes of serialized rows per `AppendRows` request (the API allows 10 MB per request; at most
+    /// 9,000,000 here). Default: 5,000,000.
     pub max_bytes_per_request: usize,
-    /// `insertAll` requests of one sink batch sent concurrently (per in-flight batch). Default: 4.
-    pub request_concurrency: usize,
+    /// Committed write streams per table, each with one append in flight: the sink's concurrency per
+    /// table. Default: 4.
+    pub streams_per_table: usize,
+    /// Deadline of one `AppendRows` answer, in milliseconds. An append without an answer in time has an
+    /// unknown outcome: it is sent again at the same offset on a new connection until BigQuery says it
+    /// is written or already there. Default: 20000.
+    pub append_timeout_ms: u64,
+    /// How long an append with an unknown outcome is retried on its stream before the stream is given
+    /// up (its rows are then failed retriably and go to a new stream; see `docs/connectors/bigquery.md`
+    /// for what that costs). Default: 600000 (10 minutes).
+    pub resolve_timeout_ms: u64,
 }
 
 impl Default for BigQuerySinkConfig {
@@ -194,11 +213,12 @@ impl Default for BigQuerySinkConfig {
             dataset: String::new(),
             tables: Vec::new(),
             client: ClientConfig::default(),
-            skip_invalid_rows: true,
-            ignore_unknown_values: false,
-            max_rows_per_request: 500,
+            write_endpoint: None,
+            max_rows_per_request: 2000,
             max_bytes_per_request: 5_000_000,
-            request_concurrency: 4,
+            streams_per_table: 4,
+            append_timeout_ms: 20_000,
+            resolve_timeout_ms: 600_000,
         }
     }
 }
@@ -212,18 +232,20 @@ pub struct SinkSettings {
     pub dataset: String,
     /// Tables, in configuration order (the first is the default).
     pub tables: Vec<Arc<str>>,
-    /// Client settings.
+    /// Client settings (REST: checks and table schemas).
     pub client: ClientSettings,
-    /// `skipInvalidRows`.
-    pub skip_invalid_rows: bool,
-    /// `ignoreUnknownValues`.
-    pub ignore_unknown_values: bool,
+    /// The Storage Write API endpoint.
+    pub write_endpoint: Endpoint,
     /// Rows per request.
     pub max_rows_per_request: usize,
     /// Bytes per request.
     pub max_bytes_per_request: usize,
-    /// Requests in flight per batch.
-    pub request_concurrency: usize,
+    /// Streams (appends in flight) per table.
+    pub streams_per_table: usize,
+    /// Deadline of one append's answer.
+    pub append_timeout: Duration,
+    /// How long an append with an unknown outcome is retried on its stream.
+    pub resolve_timeout: Duration,
 }
 
 impl BigQuerySinkConfig {
@@ -252,7 +274,7 @@ impl BigQuerySinkConfig {
             return Err(ConfigError::invalid(
                 "bigquery.max_rows_per_request",
                 format!(
-                    "{} is outside 1..={MAX_ROWS_PER_REQUEST} (insertAll limit; 500 is recommended)",
+                    "{} is outside 1..={MAX_ROWS_PER_REQUEST}",
                     self.max_rows_per_request
                 ),
             ));
@@ -261,29 +283,85 @@ impl BigQuerySinkConfig {
             return Err(ConfigError::invalid(
                 "bigquery.max_bytes_per_request",
                 format!(
-                    "{} is outside 1024..={MAX_BYTES_PER_REQUEST} (insertAll allows 10 MB per request)",
+                    "{} is outside 1024..={MAX_BYTES_PER_REQUEST} (AppendRows allows 10 MB per request)",
                     self.max_bytes_per_request
                 ),
             ));
         }
-        if self.request_concurrency == 0 {
+        if !(1..=64).contains(&self.streams_per_table) {
             return Err(ConfigError::invalid(
-                "bigquery.request_concurrency",
+                "bigquery.streams_per_table",
+                format!("{} is outside 1..=64", self.streams_per_table),
+            ));
+        }
+        if self.append_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "bigquery.append_timeout_ms",
                 "must be at least 1",
             ));
         }
+        if self.resolve_timeout_ms < self.append_timeout_ms {
+            return Err(ConfigError::invalid(
+                "bigquery.resolve_timeout_ms",
+                format!(
+                    "{} is shorter than append_timeout_ms ({})",
+                    self.resolve_timeout_ms, self.append_timeout_ms
+                ),
+            ));
+        }
+        let client = self.client.validate("bigquery")?;
+        let write_endpoint = resolve_write_endpoint(self.write_endpoint.as_deref(), &client)?;
         Ok(SinkSettings {
             project: self.project.clone(),
             dataset: self.dataset.clone(),
             tables,
-            client: self.client.validate("bigquery")?,
-            skip_invalid_rows: self.skip_invalid_rows,
-            ignore_unknown_values: self.ignore_unknown_values,
+            client,
+            write_endpoint,
             max_rows_per_request: self.max_rows_per_request,
             max_bytes_per_request: self.max_bytes_per_request,
-            request_concurrency: self.request_concurrency,
+            streams_per_table: self.streams_per_table,
+            append_timeout: Duration::from_millis(self.append_timeout_ms),
+            resolve_timeout: Duration::from_millis(self.resolve_timeout_ms),
         })
     }
+}
+
+/// Resolves the Storage Write API endpoint: explicit value, else `BIGQUERY_EMULATOR_GRPC_HOST`, else the
+/// Google endpoint, which is refused when the REST endpoint is not Google's (an emulator for the checks and
+/// Google for the rows is never what was meant).
+pub fn resolve_write_endpoint(
+    explicit: Option<&str>,
+    rest: &ClientSettings,
+) -> Result<Endpoint, ConfigError> {
+    let (raw, source) = match explicit.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(e) => (e.to_string(), EndpointSource::Config),
+        None => match std::env::var(WRITE_EMULATOR_ENV)
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+        {
+            Some(e) => (e.trim().to_string(), EndpointSource::EmulatorEnv),
+            None => {
+                if rest.endpoint.source != EndpointSource::Google {
+                    return Err(ConfigError::invalid(
+                        "bigquery.write_endpoint",
+                        format!(
+                            "the REST endpoint is {} but no Storage Write endpoint is set; set {WRITE_EMULATOR_ENV} (bqemulator's gRPC host:port) or write_endpoint",
+                            rest.endpoint.url
+                        ),
+                    ));
+                }
+                (GOOGLE_WRITE_ENDPOINT.to_string(), EndpointSource::Google)
+            }
+        },
+    };
+    let url = with_scheme(raw);
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(ConfigError::invalid(
+            "bigquery.write_endpoint",
+            format!("'{url}' is not an http(s) URL or host:port"),
+        ));
+    }
+    Ok(Endpoint { url, source })
 }
 
 /// Google's project id rules: 6-30 characters, lowercase letters, digits and hyphens, starting with a
@@ -370,6 +448,7 @@ mod tests {
                 endpoint: Some("127.0.0.1:9050/".into()),
                 ..ClientConfig::default()
             },
+            write_endpoint: Some("127.0.0.1:9060".into()),
             ..BigQuerySinkConfig::default()
         }
     }
@@ -382,8 +461,8 @@ mod tests {
         .unwrap();
         assert_eq!(c.max_rows_per_request, 100);
         assert_eq!(c.client.endpoint.as_deref(), Some("http://x:1"));
-        assert!(c.skip_invalid_rows);
-        assert!(!c.ignore_unknown_values);
+        assert_eq!(c.streams_per_table, 4);
+        assert_eq!(c.write_endpoint, None);
         assert_eq!(c.client.request_timeout_ms, 30_000);
         assert!(serde_json::from_str::<BigQuerySinkConfig>(r#"{"projet":"x"}"#).is_err());
     }
@@ -465,10 +544,24 @@ mod tests {
             ),
             (
                 BigQuerySinkConfig {
-                    request_concurrency: 0,
+                    streams_per_table: 0,
                     ..valid()
                 },
-                "invalid bigquery.request_concurrency",
+                "invalid bigquery.streams_per_table",
+            ),
+            (
+                BigQuerySinkConfig {
+                    resolve_timeout_ms: 10,
+                    ..valid()
+                },
+                "invalid bigquery.resolve_timeout_ms: 10 is shorter than append_timeout_ms",
+            ),
+            (
+                BigQuerySinkConfig {
+                    write_endpoint: None,
+                    ..valid()
+                },
+                "invalid bigquery.write_endpoint: the REST endpoint is http://127.0.0.1:9050 but no Storage Write endpoint is set",
             ),
             (
                 BigQuerySinkConfig {
