@@ -2,44 +2,67 @@
 //! emulators' own ceilings measured in the same run with the same data by raw client loops:
 //!
 //! 1. ceilings: Pub/Sub `Pull(1000)`+ack, Bigtable `MutateRows` of the pipeline's own rows, BigQuery
-//!    `insertAll` of the pipeline's own rows, Cloud Storage uploads; each converted to invoices/s;
-//! 2. the whole pipeline (`invoices::run_stream`) over a backlog, against the lowest ceiling;
+//!    Storage Write API `AppendRows` of the pipeline's own rows (`BigQueryLayout`, the sink's rows per
+//!    request and streams per table, generated gRPC client, `benches/common/bigquery.rs`), Cloud
+//!    Storage uploads; each converted to invoices/s;
+//! 2. the whole pipeline (`invoices::run_stream`) over a backlog, against every ceiling (the lowest one
+//!    binds), and what each invoice costs there: the worker's CPU time (user + system of this process,
+//!    which runs the pipeline; the emulators are other processes) per valid invoice next to its CPU per
+//!    second when idle, and the bytes each invoice puts into every service (Pub/Sub published and
+//!    delivered, Bigtable rows and bytes, BigQuery bytes appended and logical bytes stored, Cloud
+//!    Storage bytes and objects, counted by listing what the run wrote);
 //! 3. the core path Pub/Sub -> validate/enrich -> Bigtable only;
 //! 4. a replay of a raw archive on `file://` into Bigtable only, against the Bigtable ceiling;
 //! 5. publish-to-Bigtable latency of the whole pipeline at a fixed moderate publish rate;
 //! 6. peak RSS of a worker process doing the same work over a small and a large backlog.
 //!
+//! Messages are published as `ingest` publishes them: the record's exact bytes and its attributes
+//! (`source`, `page_cursor`, `nfe_id`, `emission_date`, `content_hash`).
+//!
 //! Run: `cargo bench --bench invoices`. Sizes: `FLUXO_BENCH_INVOICES` (default 50,000),
 //! `FLUXO_BENCH_INVOICES_REPLAY` (100,000), `FLUXO_BENCH_INVOICES_RATE` (latency run, invoices/s,
 //! 1,000), `FLUXO_BENCH_INVOICES_RSS` (large backlog of the RSS run, 200,000),
-//! `FLUXO_BENCH_INVOICES_REPLAY_ROUNDS` (5). Tuning of the profile
-//! (`docs/invoices.md`): `FLUXO_BENCH_INVOICES_TUNING="processed_archive = false; bigquery_batch_rows = 4000"`.
-//! Only some phases: `FLUXO_BENCH_INVOICES_PHASES=whole,core` (of `whole,core,replay,latency,rss`).
+//! `FLUXO_BENCH_INVOICES_REPLAY_ROUNDS` (5), `FLUXO_BENCH_INVOICES_IDLE_SECS` (the idle CPU
+//! measurement, 10; 0 skips it). Tuning of the profile (`docs/invoices.md`):
+//! `FLUXO_BENCH_INVOICES_TUNING="processed_archive = false; bigquery_batch_rows = 4000"`.
+//! Only some phases: `FLUXO_BENCH_INVOICES_PHASES=core` (of `core,replay,latency,rss`; `none` for none
+//! of them: the ceilings, the whole run and its costs always run).
 
+#[path = "common/bigquery.rs"]
+mod bigquery_ceiling;
 #[path = "common/ceiling.rs"]
 #[allow(dead_code)]
 mod ceiling;
+#[path = "common/cpu.rs"]
+mod cpu;
 #[path = "common/pubsub.rs"]
 mod pubsub_ceiling;
 
-use std::io::Write as _;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bigquery_ceiling::{raw_append_rows, row_bytes, Target};
 use bytes::Bytes;
 use ceiling::{env_count, Measured};
+use cpu::{group_cpu, process_cpu};
 use emulators::{Emulators, Service};
 use fluxo::testing::DiscardSink;
 use fluxo::{Pipeline, PipelineConfig, RunOptions, Shutdown, ShutdownSignal, SinkConfig};
+use fluxo_gcp::bigquery::{BigQuerySink, ColumnType, TableRow, WriterSchema};
 use fluxo_gcp::bigtable::raw::bigtable::BigTableConnection;
 use fluxo_gcp::bigtable::raw::google::bigtable::v2::MutateRowsRequest;
 use fluxo_gcp::bigtable::{BigtableSink, RowMutation};
-use fluxo_gcp::pubsub::raw::proto::{PublishRequest, PubsubMessage as RawMessage};
+use fluxo_gcp::pubsub::raw::proto::{
+    AcknowledgeRequest, PublishRequest, PubsubMessage as RawMessage, PullRequest,
+};
 use fluxo_gcp::pubsub::{Endpoint, PubsubClient, PubsubSource, PubsubSourceConfig};
 use fluxo_gcp::storage::{
     gzip, Location, Record, StorageSource, StorageSourceConfig, Store, StoreOptions,
 };
+use ingest::attr;
 use invoice_api::{Generator, GeneratorConfig};
+use invoices::bq_rows::BigQueryLayout;
 use invoices::config::{ConfigFile, Profile};
 use invoices::graph::{self, ArchivedMessage, Validate, ValidateArchived};
 use invoices::RunSettings;
@@ -85,19 +108,61 @@ async fn pubsub(project: &str) -> PubsubClient {
         .expect("pubsub client")
 }
 
-/// Publishes records 1..=n of `g`, 1,000 per request, 4 requests in flight.
-async fn publish(client: &PubsubClient, topic: &str, g: &Generator) {
+fn validator() -> nfe::Validator {
+    nfe::ValidationConfig::default().build().expect("validator")
+}
+
+/// Record `id` of `g` as `ingest` publishes it: the exact bytes, and the attributes it sets for a
+/// record of a page of 1,000 from the reference API (`pipelines/ingest/src/lib.rs`).
+fn message(g: &Generator, v: &nfe::Validator, id: u64) -> RawMessage {
+    let data = g.record(id);
+    let mut attributes = HashMap::with_capacity(5);
+    attributes.insert(attr::SOURCE.to_string(), "reference-api".to_string());
+    attributes.insert(
+        attr::PAGE_CURSOR.to_string(),
+        format!("after-{}", id.div_ceil(1000) * 1000),
+    );
+    attributes.insert(attr::NFE_ID.to_string(), id.to_string());
+    match v.process(&data) {
+        Ok(inv) => {
+            attributes.insert(attr::EMISSION_DATE.to_string(), inv.emission.original);
+            attributes.insert(attr::CONTENT_HASH.to_string(), inv.content_hash.to_hex());
+        }
+        Err(_) => {
+            if let Ok(h) = nfe::content_hash_of(&data) {
+                attributes.insert(attr::CONTENT_HASH.to_string(), h.to_hex());
+            }
+        }
+    }
+    RawMessage {
+        data: data.into(),
+        attributes,
+        ..Default::default()
+    }
+}
+
+/// Bytes Pub/Sub counts for a message's content: data, and each attribute's key and value (its price
+/// adds 20 bytes of publish time and the message id's length).
+fn message_bytes(m: &RawMessage) -> u64 {
+    (m.data.len()
+        + m.attributes
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()) as u64
+}
+
+/// Publishes records 1..=n of `g`, 1,000 per request, 4 requests in flight; returns the bytes
+/// published ([`message_bytes`]).
+async fn publish(client: &PubsubClient, topic: &str, g: &Generator) -> u64 {
     let topic = client.topic_path(topic).expect("topic");
+    let v = validator();
     let mut tasks = tokio::task::JoinSet::new();
     let mut id = 1;
+    let mut bytes = 0;
     while id <= g.count() {
         let end = (id + 1000).min(g.count() + 1);
-        let messages: Vec<RawMessage> = (id..end)
-            .map(|i| RawMessage {
-                data: g.record(i).into(),
-                ..Default::default()
-            })
-            .collect();
+        let messages: Vec<RawMessage> = (id..end).map(|i| message(g, &v, i)).collect();
+        bytes += messages.iter().map(message_bytes).sum::<u64>();
         id = end;
         if tasks.len() >= 4 {
             tasks.join_next().await;
@@ -110,23 +175,20 @@ async fn publish(client: &PubsubClient, topic: &str, g: &Generator) {
         });
     }
     while tasks.join_next().await.is_some() {}
+    bytes
 }
 
 /// Publishes at `rate` records per second (in 20 ms slices) for `n` records.
 async fn publish_at(client: &PubsubClient, topic: &str, g: &Generator, rate: u64) {
     let topic = client.topic_path(topic).expect("topic");
+    let v = validator();
     let per_slice = (rate / 50).max(1);
     let started = Instant::now();
     let mut id = 1;
     let mut slice = 0u32;
     while id <= g.count() {
         let end = (id + per_slice).min(g.count() + 1);
-        let messages = (id..end)
-            .map(|i| RawMessage {
-                data: g.record(i).into(),
-                ..Default::default()
-            })
-            .collect();
+        let messages = (id..end).map(|i| message(g, &v, i)).collect();
         id = end;
         client
             .publish(PublishRequest {
@@ -141,11 +203,22 @@ async fn publish_at(client: &PubsubClient, topic: &str, g: &Generator, rate: u64
     }
 }
 
-/// The valid invoices of `g`.
+/// The valid invoices of `g`, with the ingestion metadata `Validate` attaches (message id, publish
+/// time, pipeline version; no worker name, as in the benchmark's runs).
 fn invoices_of(g: &Generator) -> Vec<nfe::Invoice> {
-    let v = nfe::ValidationConfig::default().build().expect("validator");
+    let v = validator();
     (1..=g.count())
-        .filter_map(|i| v.process(&g.record(i)).ok())
+        .filter_map(|i| {
+            let inv = v.process(&g.record(i)).ok()?;
+            let meta = nfe::IngestMeta {
+                message_id: Some(i.to_string()),
+                // A timestamp of the same encoded size as a publish time.
+                publish_time: Some(inv.creation.utc),
+                worker: None,
+                version: Some(env!("CARGO_PKG_VERSION").to_string()),
+            };
+            Some(inv.with_ingest(meta))
+        })
         .collect()
 }
 
@@ -193,56 +266,124 @@ async fn raw_bigtable(p: &Profile, rows: Vec<RowMutation>) -> Measured {
     }
 }
 
-/// Raw `insertAll` of the given rows, 500 per request, 4 in flight (the sink's defaults).
-async fn raw_bigquery(p: &Profile, rows: Vec<fluxo_gcp::bigquery::TableRow>) -> Measured {
-    let host = std::env::var("BIGQUERY_EMULATOR_HOST").expect("BIGQUERY_EMULATOR_HOST");
-    let http = fluxo_gcp::bigquery::raw::reqwest::Client::new();
-    let total = rows.len() as u64;
-    let started = Instant::now();
-    let mut pending = tokio::task::JoinSet::new();
-    // One table per request, as the sink sends them.
-    let (head, items): (Vec<_>, Vec<_>) = rows.iter().partition(|r| r.table() == Some("invoices"));
-    for chunk in head.chunks(500).chain(items.chunks(500)) {
-        let table = chunk[0].table().unwrap_or("invoices").to_string();
-        let url = format!(
-            "http://{host}/bigquery/v2/projects/{}/datasets/{}/tables/{table}/insertAll",
-            p.project, p.bigquery_dataset
-        );
-        let mut body = Vec::with_capacity(chunk.len() * 600);
-        body.extend_from_slice(br#"{"skipInvalidRows":true,"rows":["#);
-        for (i, r) in chunk.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
+/// What the BigQuery rows of a set of invoices cost.
+#[derive(Debug, Default, Clone, Copy)]
+struct BigQueryBytes {
+    /// Rows (one per invoice, one per item).
+    rows: u64,
+    /// Serialized row bytes appended (what the Storage Write API bills).
+    appended: u64,
+    /// Logical bytes stored ([`logical_bytes`]).
+    logical: u64,
+}
+
+fn varint(b: &[u8], at: &mut usize) -> u64 {
+    let mut v = 0u64;
+    let mut shift = 0;
+    while let Some(&byte) = b.get(*at) {
+        *at += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            break;
+        }
+        shift += 7;
+    }
+    v
+}
+
+/// Logical bytes of one serialized row, BigQuery's data size calculation (the basis of logical
+/// storage pricing): 8 bytes per INT64, FLOAT64, TIMESTAMP, DATE, DATETIME or TIME value, 16 per
+/// NUMERIC, 32 per BIGNUMERIC, 1 per BOOL, 2 plus the length per STRING or BYTES, the length per JSON
+/// or GEOGRAPHY (neither is in these tables); NULL (absent) values cost nothing.
+fn logical_bytes(schema: &WriterSchema, row: &[u8]) -> u64 {
+    let columns = schema.columns();
+    let mut at = 0;
+    let mut total = 0;
+    while at < row.len() {
+        let key = varint(row, &mut at);
+        let len = match key & 7 {
+            0 => {
+                varint(row, &mut at);
+                0
             }
-            let _ = write!(
-                body,
-                r#"{{"insertId":"{}","json":"#,
-                r.insert_id().unwrap_or("")
-            );
-            body.extend_from_slice(r.json());
-            body.push(b'}');
-        }
-        body.extend_from_slice(b"]}");
-        if pending.len() >= 4 {
-            pending.join_next().await;
-        }
-        let http = http.clone();
-        pending.spawn(async move {
-            let resp = http
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .expect("insertAll");
-            assert!(resp.status().is_success(), "insertAll {}", resp.status());
-        });
+            1 => {
+                at += 8;
+                0
+            }
+            2 => {
+                let len = varint(row, &mut at);
+                at += len as usize;
+                len
+            }
+            5 => {
+                at += 4;
+                0
+            }
+            wire => panic!("unexpected wire type {wire} in a row"),
+        };
+        total += match columns[(key >> 3) as usize - 1].column_type {
+            ColumnType::Int64
+            | ColumnType::Float64
+            | ColumnType::Timestamp
+            | ColumnType::Date
+            | ColumnType::Datetime
+            | ColumnType::Time => 8,
+            ColumnType::Numeric => 16,
+            ColumnType::BigNumeric => 32,
+            ColumnType::Bool => 1,
+            ColumnType::String | ColumnType::Bytes => 2 + len,
+            ColumnType::Json | ColumnType::Geography => len,
+        };
     }
-    while pending.join_next().await.is_some() {}
-    Measured {
-        items: total,
-        elapsed: started.elapsed(),
+    total
+}
+
+/// Raw `AppendRows` of the pipeline's rows of `invoices` (built by `BigQueryLayout` from the schemas the
+/// sink reads at start), both tables at once, with the sink's rows per request and streams per table;
+/// and what those rows cost.
+async fn raw_bigquery(p: &Profile, invoices: &[nfe::Invoice]) -> (Measured, BigQueryBytes) {
+    let sink = BigQuerySink::connect(&invoices::bigquery_config(p))
+        .await
+        .expect("BigQuery sink");
+    let layout = BigQueryLayout::new(&sink).expect("BigQuery layout");
+    let s = sink.settings();
+    let mut per_table: Vec<Vec<TableRow>> = vec![Vec::new(); s.tables.len()];
+    for inv in invoices {
+        for r in layout.rows(inv) {
+            per_table[usize::from(r.table_index())].push(r);
+        }
     }
+    let mut bytes = BigQueryBytes::default();
+    let targets = s
+        .tables
+        .iter()
+        .zip(per_table)
+        .map(|(name, rows)| {
+            let schema = sink.schema(name).expect("table layout").clone();
+            bytes.rows += rows.len() as u64;
+            bytes.appended += row_bytes(&rows);
+            bytes.logical += rows
+                .iter()
+                .map(|r| logical_bytes(&schema, r.data()))
+                .sum::<u64>();
+            Target {
+                parent: format!(
+                    "projects/{}/datasets/{}/tables/{name}",
+                    p.project, p.bigquery_dataset
+                ),
+                schema,
+                rows: Arc::new(rows),
+            }
+        })
+        .collect();
+    let measured = raw_append_rows(
+        &s.write_endpoint.url,
+        targets,
+        s.max_rows_per_request,
+        s.streams_per_table,
+    )
+    .await;
+    (measured, bytes)
 }
 
 /// Raw uploads of `objects` objects of `size` bytes, 4 in flight.
@@ -279,21 +420,87 @@ async fn raw_storage(url: &str, objects: u64, size: usize) -> Measured {
     }
 }
 
-/// Bytes written to the archive per invoice in a finished run (raw + processed + dead letters).
-async fn archive_bytes(p: &Profile) -> u64 {
+/// Objects and bytes a finished run wrote to the archive, per prefix (raw, late raw, processed,
+/// dead letters), counted by listing the bucket.
+async fn archive_objects(p: &Profile) -> Vec<(&'static str, u64, u64)> {
     let store = Store::open(
         &Location::parse(&p.archive_url, "url").expect("url"),
         StoreOptions::default(),
     )
     .await
     .expect("store");
-    let mut total = 0;
+    let mut out = Vec::new();
     for prefix in ["raw/", "raw-late/", "processed/", "dead-letter/"] {
-        for o in store.list(prefix).await.expect("list") {
-            total += o.size;
-        }
+        let objects = store.list(prefix).await.expect("list");
+        out.push((
+            prefix,
+            objects.len() as u64,
+            objects.iter().map(|o| o.size).sum(),
+        ));
     }
-    total
+    out
+}
+
+/// Pulls and acknowledges what `sub` holds, until `expected` messages came or nothing more arrives;
+/// returns the messages and their [`message_bytes`].
+async fn drain_subscription(client: &PubsubClient, sub: &str, expected: u64) -> (u64, u64) {
+    let subscription = client.subscription_path(sub).expect("subscription path");
+    let (mut got, mut bytes, mut empty) = (0u64, 0u64, 0);
+    while got < expected && empty < 3 {
+        #[allow(deprecated)]
+        let req = PullRequest {
+            subscription: subscription.clone(),
+            max_messages: 1000,
+            return_immediately: true,
+        };
+        let msgs = client
+            .subscriber()
+            .pull(req, None)
+            .await
+            .expect("pull")
+            .into_inner()
+            .received_messages;
+        if msgs.is_empty() {
+            empty += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        got += msgs.len() as u64;
+        bytes += msgs
+            .iter()
+            .filter_map(|m| m.message.as_ref())
+            .map(message_bytes)
+            .sum::<u64>();
+        let ack_ids = msgs.into_iter().map(|m| m.ack_id).collect();
+        client
+            .subscriber()
+            .acknowledge(
+                AcknowledgeRequest {
+                    subscription: subscription.clone(),
+                    ack_ids,
+                },
+                None,
+            )
+            .await
+            .expect("ack");
+    }
+    (got, bytes)
+}
+
+/// Rows, cells and bytes (keys, qualifiers, values) of Bigtable mutations.
+fn bigtable_bytes(rows: &[RowMutation]) -> (u64, u64, u64) {
+    let cells = rows.iter().map(|r| r.cells.len() as u64).sum();
+    let bytes = rows
+        .iter()
+        .map(|r| {
+            r.key.len()
+                + r.cells
+                    .iter()
+                    .map(|c| c.qualifier.len() + c.value.len())
+                    .sum::<usize>()
+        })
+        .sum::<usize>();
+    (rows.len() as u64, cells, bytes as u64)
 }
 
 fn validate_step() -> Validate {
@@ -590,6 +797,35 @@ async fn rss_run(project: &str, name: &str, archive: &str, backlog: u64, n: u64)
     (kib, line)
 }
 
+/// CPU seconds per second this process spends running the whole pipeline with nothing to do:
+/// `run_stream` on `p` (whose subscription is empty), measured over `window` after a 3 s start.
+async fn idle_cpu(p: &Profile, window: Duration) -> f64 {
+    let stop = Shutdown::new();
+    let signal = stop.signal();
+    let profile = p.clone();
+    let run = tokio::spawn(async move {
+        invoices::run_stream(
+            &profile,
+            &RunSettings {
+                progress_every: Duration::from_secs(3600),
+                ..RunSettings::default()
+            },
+            signal,
+        )
+        .await
+        .expect("idle run")
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (before, started) = (process_cpu(), Instant::now());
+    tokio::time::sleep(window).await;
+    let cpu = process_cpu().saturating_sub(before);
+    let elapsed = started.elapsed();
+    stop.trigger();
+    let report = run.await.expect("idle run");
+    assert_eq!(report.received, 0, "the idle run had nothing to read");
+    cpu.as_secs_f64() / elapsed.as_secs_f64()
+}
+
 fn phase(name: &str) -> bool {
     std::env::var("FLUXO_BENCH_INVOICES_PHASES")
         .map(|v| v.split(',').any(|p| p.trim() == name))
@@ -614,6 +850,22 @@ fn main() {
     .expect("emulators");
     emulators.export_env();
     let project = emulators.project().to_string();
+    // The emulators' process groups, to read their CPU time.
+    let groups: Vec<(&'static str, i32)> = [
+        Service::PubSub,
+        Service::Bigtable,
+        Service::Storage,
+        Service::BigQuery,
+    ]
+    .into_iter()
+    .filter_map(|s| Some((s.name(), emulators.process_group(s)?)))
+    .collect();
+    let emulator_cpu = move || -> Vec<(&'static str, Duration)> {
+        groups
+            .iter()
+            .map(|&(name, g)| (name, group_cpu(g)))
+            .collect()
+    };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async move {
         let g = generator(n, 7);
@@ -641,18 +893,21 @@ fn main() {
             .flat_map(|i| graph::bigtable_mutations(&layout, i))
             .collect();
         let bigtable = raw_bigtable(&c, rows.clone()).await;
-        let (head, item): (Arc<str>, Arc<str>) = (Arc::from("invoices"), Arc::from("invoice_items"));
-        let bq_rows: Vec<_> = invoices
-            .iter()
-            .flat_map(|i| graph::bigquery_rows(&head, &item, i))
+        let emu_before = emulator_cpu();
+        let (bigquery, bq_bytes) = raw_bigquery(&c, &invoices).await;
+        let bq_ceiling_cpu: Vec<(&str, Duration)> = emulator_cpu()
+            .into_iter()
+            .zip(&emu_before)
+            .map(|((name, after), (_, before))| (name, after.saturating_sub(*before)))
             .collect();
-        let bigquery = raw_bigquery(&c, bq_rows).await;
         let storage = raw_storage("gs://bench-ceiling", 200, 1 << 20).await;
 
-        // 2. The whole pipeline over a backlog of n.
+        // 2. The whole pipeline over a backlog of n, and what it costs.
         let w = profile(&project, "whole", "gs://bench-whole");
         invoices::provision(&w).await.expect("provision");
-        publish(&client, &w.topic, &g).await;
+        let published = publish(&client, &w.topic, &g).await;
+        println!("whole pipeline: {n} records published, running");
+        let (cpu_before, emu_before) = (process_cpu(), emulator_cpu());
         let report = invoices::run_stream(
             &w,
             &RunSettings {
@@ -664,18 +919,25 @@ fn main() {
         )
         .await
         .expect("whole pipeline");
+        let worker_cpu = process_cpu().saturating_sub(cpu_before);
+        let whole_emu_cpu: Vec<(&str, Duration)> = emulator_cpu()
+            .into_iter()
+            .zip(&emu_before)
+            .map(|((name, after), (_, before))| (name, after.saturating_sub(*before)))
+            .collect();
         let whole = Measured {
             items: report.invoices,
             elapsed: Duration::from_secs_f64(report.seconds),
         };
-        let per_invoice_bytes = archive_bytes(&w).await as f64 / valid;
+        let archive = archive_objects(&w).await;
+        let per_invoice_bytes = archive.iter().map(|a| a.2).sum::<u64>() as f64 / valid;
 
         let ceilings = [
             ("Pub/Sub pull+ack", pull.rate() * valid / n as f64, format!("{:.0} msgs/s", pull.rate())),
             ("Bigtable MutateRows", bigtable.rate() / 2.0, format!("{:.0} rows/s", bigtable.rate())),
             (
-                "BigQuery insertAll",
-                bigquery.rate() / (1.0 + items / valid),
+                "BigQuery AppendRows",
+                bigquery.rate() * valid / bq_bytes.rows as f64,
                 format!("{:.0} rows/s", bigquery.rate()),
             ),
             (
@@ -684,10 +946,10 @@ fn main() {
                 format!("{:.1} MB/s, {per_invoice_bytes:.0} archive bytes per invoice", storage.rate() / 1e6),
             ),
         ];
-        println!("\n| emulator ceiling (raw client, same data) | measured | as invoices/s |");
-        println!("|---|---:|---:|");
+        println!("\n| emulator ceiling (raw client, same data) | measured | as invoices/s | whole pipeline / ceiling |");
+        println!("|---|---:|---:|---:|");
         for (name, inv, raw) in &ceilings {
-            println!("| {name} | {raw} | {inv:.0} |");
+            println!("| {name} | {raw} | {inv:.0} | {:.0}% |", 100.0 * whole.rate() / inv);
         }
         let (binding, lowest, _) = ceilings
             .iter()
@@ -695,6 +957,7 @@ fn main() {
             .expect("ceilings");
         println!(
             "\nwhole pipeline: {:.0} valid invoices/s ({} in {:.2} s) = {:.0}% of the binding ceiling ({binding}, {lowest:.0}/s); \
+             targets: at least 3,116/s (4 x 779) and 70% of the binding ceiling; \
              publish->Bigtable p50 {:?} ms p99 {:?} ms under backlog",
             whole.rate(),
             whole.items,
@@ -704,21 +967,130 @@ fn main() {
             report.publish_to_bigtable.p99_ms
         );
 
+        // What each valid invoice cost in the whole run.
+        let dead_expected = report.engine.sink("DeadLetterTopic").map_or(0, |s| s.written);
+        let (dead_messages, dead_bytes) =
+            drain_subscription(&client, &w.dead_letter_subscription(), dead_expected).await;
+        let idle_secs = env_count("INVOICES_IDLE_SECS", 10);
+        let idle = if idle_secs > 0 {
+            Some(idle_cpu(&w, Duration::from_secs(idle_secs)).await)
+        } else {
+            None
+        };
+        let (bt_rows, bt_cells, bt_bytes) = bigtable_bytes(&rows);
+        let per = |v: f64| v / report.invoices as f64;
+        let cpu_us = per(worker_cpu.as_secs_f64() * 1e6);
+        println!(
+            "\ncost per valid invoice, whole run ({} valid invoices and {} dead letters from {} messages received; \
+             per valid invoice = total / valid invoices):",
+            report.invoices, report.dead_letters, report.received
+        );
+        println!("| what | whole run | per valid invoice |");
+        println!("|---|---:|---:|");
+        println!(
+            "| worker CPU, user + system (start, {:.2} s of processing and drain) | {:.2} s | **{cpu_us:.1} us** |",
+            report.seconds,
+            worker_cpu.as_secs_f64()
+        );
+        if let Some(idle) = idle {
+            println!(
+                "| worker CPU when idle (pipeline running, no messages, {idle_secs} s) | {:.1} ms per second | |",
+                idle * 1e3
+            );
+            println!(
+                "| worker CPU less the idle rate over the run | {:.2} s | {:.1} us |",
+                worker_cpu.as_secs_f64() - idle * report.seconds,
+                per((worker_cpu.as_secs_f64() - idle * report.seconds) * 1e6)
+            );
+        }
+        println!(
+            "| Pub/Sub published to the invoices topic (data + attributes, {n} messages) | {published} B | {:.0} B |",
+            per(published as f64)
+        );
+        let delivered = published as f64 * report.received as f64 / n as f64;
+        println!(
+            "| Pub/Sub delivered to the worker ({} messages, redeliveries included) | {delivered:.0} B | {:.0} B |",
+            report.received,
+            per(delivered)
+        );
+        println!(
+            "| Pub/Sub published to the dead-letter topic (data + attributes, {dead_messages} of {dead_expected} read back) | {dead_bytes} B | {:.0} B |",
+            per(dead_bytes as f64)
+        );
+        println!(
+            "| Bigtable rows written | {bt_rows} | {:.2} |",
+            per(bt_rows as f64)
+        );
+        println!(
+            "| Bigtable cells written | {bt_cells} | {:.1} |",
+            per(bt_cells as f64)
+        );
+        println!(
+            "| Bigtable bytes written (keys + qualifiers + values) | {bt_bytes} B | {:.0} B |",
+            per(bt_bytes as f64)
+        );
+        println!(
+            "| BigQuery rows appended (the run reports {}) | {} | {:.2} |",
+            report.bigquery_rows,
+            bq_bytes.rows,
+            per(bq_bytes.rows as f64)
+        );
+        println!(
+            "| BigQuery bytes appended (serialized rows) | {} B | {:.0} B |",
+            bq_bytes.appended,
+            per(bq_bytes.appended as f64)
+        );
+        println!(
+            "| BigQuery logical bytes stored | {} B | {:.0} B |",
+            bq_bytes.logical,
+            per(bq_bytes.logical as f64)
+        );
+        for (prefix, objects, bytes) in &archive {
+            println!(
+                "| Cloud Storage `{prefix}`: {objects} objects | {bytes} B | {:.0} B |",
+                per(*bytes as f64)
+            );
+        }
+        let objects: u64 = archive.iter().map(|a| a.1).sum();
+        println!(
+            "| Cloud Storage, all objects: {objects} ({:.1} per 1,000 invoices) | {} B | {per_invoice_bytes:.0} B |",
+            per(objects as f64) * 1000.0,
+            archive.iter().map(|a| a.2).sum::<u64>()
+        );
+        println!("target: at most 20 us of worker CPU per invoice with all four sinks");
+        println!("\nemulator CPU (user + system of each emulator's processes; not part of the worker's cost):");
+        println!("| emulator | whole run: CPU | share of one core | per valid invoice | BigQuery ceiling: CPU | share of one core | per invoice's rows |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        for ((name, whole_cpu), (_, ceiling_cpu)) in whole_emu_cpu.iter().zip(&bq_ceiling_cpu) {
+            println!(
+                "| {name} | {:.2} s | {:.0}% | {:.0} us | {:.2} s | {:.0}% | {:.0} us |",
+                whole_cpu.as_secs_f64(),
+                100.0 * whole_cpu.as_secs_f64() / report.seconds,
+                per(whole_cpu.as_secs_f64() * 1e6),
+                ceiling_cpu.as_secs_f64(),
+                100.0 * ceiling_cpu.as_secs_f64() / bigquery.elapsed.as_secs_f64(),
+                ceiling_cpu.as_secs_f64() * 1e6 / valid,
+            );
+        }
+
         if phase("core") {
             // 3. Core path.
             let k = profile(&project, "core", "gs://bench-core");
             invoices::provision(&k).await.expect("provision");
             publish(&client, &k.topic, &g).await;
+            let cpu_before = process_cpu();
             let (core, _) = core_path(&k, n).await;
+            let core_cpu = process_cpu().saturating_sub(cpu_before);
             drop_table(&k).await;
             println!(
                 "core path Pub/Sub -> validate/enrich -> Bigtable: {:.0} valid invoices/s ({} in {:.2} s); \
-                 Pub/Sub ceiling {:.0}/s, Bigtable ceiling {:.0}/s",
+                 Pub/Sub ceiling {:.0}/s, Bigtable ceiling {:.0}/s; worker CPU {:.1} us per valid invoice",
                 core.rate(),
                 core.items,
                 core.elapsed.as_secs_f64(),
                 ceilings[0].1,
-                ceilings[1].1
+                ceilings[1].1,
+                core_cpu.as_secs_f64() * 1e6 / core.items as f64
             );
         }
         if phase("replay") {
