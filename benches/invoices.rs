@@ -53,9 +53,7 @@ use fluxo_gcp::bigquery::{BigQuerySink, ColumnType, TableRow, WriterSchema};
 use fluxo_gcp::bigtable::raw::bigtable::BigTableConnection;
 use fluxo_gcp::bigtable::raw::google::bigtable::v2::MutateRowsRequest;
 use fluxo_gcp::bigtable::{BigtableSink, RowMutation};
-use fluxo_gcp::pubsub::raw::proto::{
-    AcknowledgeRequest, PublishRequest, PubsubMessage as RawMessage, PullRequest,
-};
+use fluxo_gcp::pubsub::raw::proto::{PublishRequest, PubsubMessage as RawMessage};
 use fluxo_gcp::pubsub::{Endpoint, PubsubClient, PubsubSource, PubsubSourceConfig};
 use fluxo_gcp::storage::{
     gzip, Location, Record, StorageSource, StorageSourceConfig, Store, StoreOptions,
@@ -447,42 +445,14 @@ async fn drain_subscription(client: &PubsubClient, sub: &str, expected: u64) -> 
     let subscription = client.subscription_path(sub).expect("subscription path");
     let (mut got, mut bytes, mut empty) = (0u64, 0u64, 0);
     while got < expected && empty < 3 {
-        #[allow(deprecated)]
-        let req = PullRequest {
-            subscription: subscription.clone(),
-            max_messages: 1000,
-            return_immediately: true,
-        };
-        let msgs = client
-            .subscriber()
-            .pull(req, None)
-            .await
-            .expect("pull")
-            .into_inner()
-            .received_messages;
+        let msgs = pubsub_ceiling::pull_and_ack(client, &subscription, false).await;
         if msgs.is_empty() {
             empty += 1;
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
         got += msgs.len() as u64;
-        bytes += msgs
-            .iter()
-            .filter_map(|m| m.message.as_ref())
-            .map(message_bytes)
-            .sum::<u64>();
-        let ack_ids = msgs.into_iter().map(|m| m.ack_id).collect();
-        client
-            .subscriber()
-            .acknowledge(
-                AcknowledgeRequest {
-                    subscription: subscription.clone(),
-                    ack_ids,
-                },
-                None,
-            )
-            .await
-            .expect("ack");
+        bytes += msgs.iter().map(message_bytes).sum::<u64>();
     }
     (got, bytes)
 }
