@@ -290,7 +290,14 @@ impl Lane {
                             "an append's outcome is unknown and its stream can take no more ({e})"
                         )));
                     }
-                    Duration::ZERO
+                    if Instant::now() >= deadline {
+                        return Err(BigQueryError::Transport(format!(
+                            "no write stream took the append within resolve_timeout_ms ({e})"
+                        )));
+                    }
+                    // Paced like any retry: a stream that fails at once must not become a loop of
+                    // CreateWriteStream calls.
+                    BACKOFF.backoff(attempt)
                 }
                 Attempt::Retry(e) => {
                     if Instant::now() >= deadline {
