@@ -38,9 +38,10 @@ enum Command {
     Run(Opts),
     /// Serve `POST /run` (one run at a time; answers with the run's report as JSON) and `GET /healthz`.
     Serve {
-        /// Address to listen on.
-        #[arg(long, env = "INGEST_LISTEN", default_value = "0.0.0.0:8080")]
-        listen: SocketAddr,
+        /// Address to listen on. Default: `0.0.0.0:$PORT` when `PORT` is set (Cloud Run sets it), else
+        /// `0.0.0.0:8080`.
+        #[arg(long, env = "INGEST_LISTEN")]
+        listen: Option<SocketAddr>,
         #[command(flatten)]
         opts: Opts,
     },
@@ -304,10 +305,26 @@ async fn real_main(cli: &Cli) -> anyhow::Result<i32> {
             if opts.provision {
                 provision(&cfg).await?;
             }
-            serve(*listen, cfg).await?;
+            let port = std::env::var("PORT").ok();
+            serve(listen_address(*listen, port.as_deref())?, cfg).await?;
             Ok(0)
         }
     }
+}
+
+/// The address `serve` listens on: `--listen` / `INGEST_LISTEN`, else all interfaces on `PORT` (the
+/// variable Cloud Run sets), else port 8080.
+fn listen_address(listen: Option<SocketAddr>, port: Option<&str>) -> anyhow::Result<SocketAddr> {
+    if let Some(addr) = listen {
+        return Ok(addr);
+    }
+    let port = match port.map(str::trim).filter(|p| !p.is_empty()) {
+        Some(p) => p.parse::<u16>().map_err(|_| {
+            anyhow::anyhow!("PORT={p:?} is not a port number (1-65535); unset it or pass --listen")
+        })?,
+        None => 8080,
+    };
+    Ok(SocketAddr::from(([0, 0, 0, 0], port)))
 }
 
 struct ServeState {
@@ -352,5 +369,37 @@ async fn trigger(State(state): State<Arc<ServeState>>) -> axum::response::Respon
             (status, Json(report)).into_response()
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_address_honours_listen_then_port() {
+        let explicit: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        assert_eq!(
+            listen_address(Some(explicit), Some("7000")).unwrap(),
+            explicit
+        );
+        assert_eq!(
+            listen_address(None, Some("7000")).unwrap(),
+            "0.0.0.0:7000".parse().unwrap()
+        );
+        assert_eq!(
+            listen_address(None, None).unwrap(),
+            "0.0.0.0:8080".parse().unwrap()
+        );
+        assert_eq!(
+            listen_address(None, Some(" ")).unwrap(),
+            "0.0.0.0:8080".parse().unwrap()
+        );
+        let err = listen_address(None, Some("http")).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "PORT=\"http\" is not a port number (1-65535); unset it or pass --listen"
+        );
+        assert!(listen_address(None, Some("70000")).is_err());
     }
 }
