@@ -186,7 +186,7 @@ fn expected_message(i: u64) -> PubsubOut {
     } else {
         out.with_attribute("ts", (1_600_000_000_000 + i).to_string())
     };
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         out = out.with_ordering_key(format!("key-{}", i % 2));
     }
     out

@@ -651,7 +651,7 @@ mod tests {
         let got: Vec<_> = out.iter().map(|e| (e.value, e.timestamp.0)).collect();
         assert_eq!(got, vec![(0, 1), (1, 1), (0, 3)]);
 
-        let mut f = FilterFn(Arc::new(|n: &u32| n % 2 == 0), PhantomData);
+        let mut f = FilterFn(Arc::new(|n: &u32| n.is_multiple_of(2)), PhantomData);
         let mut out = Vec::new();
         let dropped = f.process_batch(vec![el(1, 0), el(2, 0), el(4, 0)], &mut out, &mut dead);
         assert_eq!(dropped, 1);

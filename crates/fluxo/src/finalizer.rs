@@ -169,7 +169,7 @@ impl Shared {
         }
         if let Some(slot) = failures.get_mut(idx as usize) {
             // The worst status wins; among equals, the first reason stays.
-            if slot.as_ref().map_or(true, |(s, _)| status > *s) {
+            if slot.as_ref().is_none_or(|(s, _)| status > *s) {
                 *slot = Some((status, reason.clone()));
             }
         }

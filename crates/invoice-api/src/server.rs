@@ -299,7 +299,7 @@ fn draw(state: &AppState, n: u64, faults: &Faults) -> (Fault, bool) {
     let fault = if unit() < faults.rate_429 {
         Fault::Throttle
     } else if unit() < faults.rate_5xx {
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             Fault::ServerError(StatusCode::INTERNAL_SERVER_ERROR)
         } else {
             Fault::ServerError(StatusCode::SERVICE_UNAVAILABLE)
@@ -425,7 +425,7 @@ fn broken_page(g: &Generator, first: u64, rate: f64) -> bool {
 fn write_served_record(g: &Generator, id: u64, faults: &Faults, out: &mut Vec<u8>) {
     let start = out.len();
     g.write_record(id, out);
-    if faults.pad_record_every == 0 || id % faults.pad_record_every != 0 {
+    if faults.pad_record_every == 0 || !id.is_multiple_of(faults.pad_record_every) {
         return;
     }
     const FIELD: &[u8] = b",\"Padding\":\"";

@@ -362,7 +362,7 @@ async fn size_switches_pad_records_and_positions() {
     for (i, rec) in seen.iter().enumerate() {
         let id = i as u64 + 1;
         assert_eq!(rec, &api.api().served_record(id), "record {id}");
-        if id % 7 == 0 {
+        if id.is_multiple_of(7) {
             assert_eq!(rec.len(), 50_000, "record {id}");
             assert!(rec.ends_with(b"xx\"}"));
         } else {

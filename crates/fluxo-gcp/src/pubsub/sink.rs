@@ -134,7 +134,7 @@ impl<T: ToPubsub> PubsubSink<T> {
                 size += k.len() + val.len() + ATTRIBUTE_OVERHEAD;
             }
         }
-        if data.is_empty() && attributes.map_or(true, |a| a.is_empty()) {
+        if data.is_empty() && attributes.is_none_or(|a| a.is_empty()) {
             return Err(PubsubError::InvalidMessage(
                 "a message needs data or at least one attribute".into(),
             ));

@@ -319,7 +319,7 @@ impl PullPace {
     /// How long to wait for outstanding acks before the next pull (zero: pull now).
     fn wait_limit(&mut self) -> Duration {
         self.pulls += 1;
-        let probe = self.pulls % PACE_PROBE_EVERY == 0;
+        let probe = self.pulls.is_multiple_of(PACE_PROBE_EVERY);
         match (self.clear, self.overlapped) {
             // Every PACE_PROBE_EVERY-th pull overlaps, to keep the overlapped cost measured.
             (Some(c), Some(o)) if o > c && !probe => {

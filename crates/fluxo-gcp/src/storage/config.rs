@@ -362,7 +362,7 @@ impl StorageSinkConfig {
             ConfigError::invalid("storage.naming", format!("'{}': {reason}", self.naming))
         })?;
         if self.part_size < CHUNK_GRANULARITY
-            || self.part_size % CHUNK_GRANULARITY != 0
+            || !self.part_size.is_multiple_of(CHUNK_GRANULARITY)
             || self.part_size > MAX_PART_SIZE
         {
             return Err(ConfigError::invalid(
