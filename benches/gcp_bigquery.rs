@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bigquery_ceiling::{raw_append_rows, row_bytes, Target};
-use ceiling::{env_count, Measured};
+use ceiling::{env_count, median, Measured};
 use cpu::{group_cpu, process_cpu};
 use emulators::{Emulators, Service};
 use fluxo::testing::GeneratorSource;
@@ -169,16 +169,6 @@ async fn with_cpu<F: std::future::Future<Output = Measured>>(group: i32, f: F) -
         emulator: group_cpu(group).saturating_sub(emulator),
     };
     (m, cpu)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[mid]
-    } else {
-        (v[mid - 1] + v[mid]) / 2.0
-    }
 }
 
 fn main() {

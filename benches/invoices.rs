@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use bigquery_ceiling::{raw_append_rows, row_bytes, Target};
 use bytes::Bytes;
-use ceiling::{env_count, Measured};
+use ceiling::{env_count, median, Measured};
 use cpu::{group_cpu, process_cpu};
 use emulators::{Emulators, Service};
 use fluxo::testing::DiscardSink;
@@ -670,17 +670,6 @@ async fn drop_table(p: &Profile) {
         .delete_table(&p.bigtable_table)
         .await
         .expect("delete table");
-}
-
-/// The median of `v` (sorted in place).
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[mid]
-    } else {
-        (v[mid - 1] + v[mid]) / 2.0
-    }
 }
 
 fn peak_rss_kib() -> u64 {

@@ -3,6 +3,18 @@
 
 use std::time::Duration;
 
+/// The median of `v` (sorted in place). Not every benchmark takes medians.
+#[allow(dead_code)]
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
 /// One measured run: `items` moved in `elapsed`.
 #[derive(Debug, Clone, Copy)]
 pub struct Measured {

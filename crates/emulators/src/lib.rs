@@ -195,7 +195,7 @@ struct Launch {
 ///
 /// Real BigQuery has none of these limits, so the fixes belong here, at the emulator's launch.
 const BQEMULATOR_LAUNCHER: &str = "\
-import asyncio, concurrent.futures, sys
+import asyncio, concurrent.futures, sys, threading
 LOOPS = []
 class Policy(asyncio.DefaultEventLoopPolicy):
     def new_event_loop(self):
@@ -210,7 +210,7 @@ def flush_on_loop(self, stream, rows):
     async def run():
         return flush(self, stream, rows)
     loop = LOOPS[-1]
-    if loop.is_running() and not loop._thread_id == __import__('threading').get_ident():
+    if loop.is_running() and loop._thread_id != threading.get_ident():
         return asyncio.run_coroutine_threadsafe(run(), loop).result()
     return flush(self, stream, rows)
 write_servicer.BigQueryWriteHandler._flush_to_target = flush_on_loop

@@ -367,18 +367,28 @@ pub struct ItemRow {
     pub content_hash: String,
 }
 
-/// `NUMERIC` text: exact, at most 9 fractional digits (trailing zeros dropped if needed).
+/// `NUMERIC` text of a decimal, written by `Display`: exact, at most 9 fractional digits (trailing zeros
+/// dropped if needed).
 ///
 /// Dropping trailing zeros is enough for a validated invoice: its amounts have at most
 /// `max_value_fraction_digits + max_quantity_fraction_digits <= 9` significant fractional digits
 /// (the config refuses more), and a decimal's 29 integer digits fit `NUMERIC`'s 29. Nothing here
 /// rounds.
-fn numeric(d: Decimal) -> String {
-    if d.scale() > 9 {
-        d.normalize().to_string()
-    } else {
-        d.to_string()
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NumericText(pub Decimal);
+
+impl std::fmt::Display for NumericText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.scale() > 9 {
+            std::fmt::Display::fmt(&self.0.normalize(), f)
+        } else {
+            std::fmt::Display::fmt(&self.0, f)
+        }
     }
+}
+
+fn numeric(d: Decimal) -> String {
+    NumericText(d).to_string()
 }
 
 /// Insert id of an invoice version: `<nfe_id>-<first 16 hex digits of the content hash>`.

@@ -6,12 +6,10 @@
 //! the proto encodings of their types: `TIMESTAMP` as microseconds, `DATE` as days since 1970-01-01,
 //! `NUMERIC` as exact decimal text.
 
-use std::fmt;
-
 use fluxo_gcp::bigquery::proto::{Date, Int64, Text, Timestamp};
 use fluxo_gcp::bigquery::{BigQueryError, BigQuerySink, Column, TableRow, WriterSchema};
+use nfe::bigquery::NumericText as Numeric;
 use nfe::Invoice;
-use rust_decimal::Decimal;
 
 /// Columns of `invoices`.
 #[derive(Clone, Copy, Debug)]
@@ -55,21 +53,6 @@ pub struct BigQueryLayout {
     items: WriterSchema,
     inv: InvoiceColumns,
     item: ItemColumns,
-}
-
-/// `NUMERIC` text of a decimal: exact, at most 9 fractional digits. A validated invoice's amounts have
-/// at most 9 significant fractional digits (the validation configuration refuses more), so dropping
-/// trailing zeros is enough and nothing rounds.
-struct Numeric(Decimal);
-
-impl fmt::Display for Numeric {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.scale() > 9 {
-            fmt::Display::fmt(&self.0.normalize(), f)
-        } else {
-            fmt::Display::fmt(&self.0, f)
-        }
-    }
 }
 
 /// Days from 1970-01-01 to `d`.
