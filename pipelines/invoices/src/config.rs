@@ -229,17 +229,46 @@ impl ConfigFile {
 
     /// The named profile, checked.
     pub fn profile(&self, name: &str, path: &str) -> Result<Profile, ConfigError> {
-        let p = self
+        self.profile_with(name, path, &Overrides::default())
+    }
+
+    /// The named profile with `overrides` applied, then checked.
+    pub fn profile_with(
+        &self,
+        name: &str,
+        path: &str,
+        overrides: &Overrides,
+    ) -> Result<Profile, ConfigError> {
+        let mut p = self
             .profiles
             .get(name)
             .ok_or_else(|| ConfigError::UnknownProfile {
                 profile: name.to_string(),
                 path: path.to_string(),
                 known: self.profiles.keys().cloned().collect::<Vec<_>>().join(", "),
-            })?;
+            })?
+            .clone();
+        if let Some(project) = &overrides.project {
+            p.project.clone_from(project);
+        }
+        if let Some(url) = &overrides.archive_url {
+            p.archive_url.clone_from(url);
+        }
         p.check()?;
-        Ok(p.clone())
+        Ok(p)
     }
+}
+
+/// Values that replace a profile's own, given on the command line or in the environment
+/// (`--project` / `INVOICES_PROJECT`, `--archive-url` / `INVOICES_ARCHIVE_URL`): the names that
+/// differ between Google Cloud projects, so one file serves every project (the Kubernetes overlays
+/// set them per environment).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// Replaces `project`.
+    pub project: Option<String>,
+    /// Replaces `archive_url`.
+    pub archive_url: Option<String>,
 }
 
 fn invalid(field: &'static str, value: impl ToString, reason: &'static str) -> ConfigError {
@@ -407,6 +436,35 @@ mod tests {
         assert_eq!(
             err,
             "profile 'prod' is not in config/invoices.toml (built in) (profiles there: gcp, local)"
+        );
+    }
+
+    #[test]
+    fn overrides_replace_the_project_and_archive_and_are_checked() {
+        let (file, path) = ConfigFile::load(None).unwrap();
+        let gcp = file.profile("gcp", &path).unwrap();
+        let overrides = Overrides {
+            project: Some("acme-nfe".into()),
+            archive_url: Some("gs://acme-nfe-nfe-archive".into()),
+        };
+        let p = file.profile_with("gcp", &path, &overrides).unwrap();
+        assert_eq!(p.project, "acme-nfe");
+        assert_eq!(p.archive_url, "gs://acme-nfe-nfe-archive");
+        assert_eq!(p.subscription, gcp.subscription);
+        assert_eq!(
+            file.profile_with("gcp", &path, &Overrides::default())
+                .unwrap(),
+            gcp
+        );
+        let empty = Overrides {
+            project: Some(" ".into()),
+            archive_url: None,
+        };
+        assert_eq!(
+            file.profile_with("gcp", &path, &empty)
+                .unwrap_err()
+                .to_string(),
+            "invalid config: project = \"\": must not be empty"
         );
     }
 

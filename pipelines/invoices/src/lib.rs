@@ -291,9 +291,19 @@ pub async fn provision(p: &Profile) -> Result<(), Error> {
     // The query surface: one row per invoice and per line, whatever duplicates the tables hold
     // (docs/bigquery.md). `CREATE OR REPLACE VIEW` through `jobs.query` creates the view or
     // replaces its definition, on BigQuery and on bqemulator alike (`tables.insert` with a `view`
-    // works on both too, but leaves an existing, older definition in place). In creation order:
-    // the items view reads the invoices view.
+    // works on both too, but leaves an existing, older definition in place). A view whose query is
+    // already the one wanted (up to white space: e.g. created by Terraform from infra/sql/) is left
+    // untouched. In creation order: the items view reads the invoices view.
     for view in nfe::bigquery::VIEWS {
+        let existing = bq
+            .view_query(&p.bigquery_dataset, view.name)
+            .await
+            .map_err(|e| prov(&format!("BigQuery view {}", view.name), &e))?;
+        let wanted = view.query_for(&p.project, &p.bigquery_dataset);
+        if view_is_current(existing.as_deref(), &wanted) {
+            tracing::info!(view = view.name, "BigQuery view up to date");
+            continue;
+        }
         bq.query(&view.create_or_replace(&p.project, &p.bigquery_dataset))
             .await
             .map_err(|e| prov(&format!("BigQuery view {}", view.name), &e))?;
@@ -311,6 +321,12 @@ pub async fn provision(p: &Profile) -> Result<(), Error> {
         .await
         .map_err(|e| prov(&format!("bucket of {}", p.archive_url), &e))?;
     Ok(())
+}
+
+/// Whether an existing view's query (`None`: no view, or a service that does not report it, as
+/// bqemulator) is `wanted`, up to white space.
+fn view_is_current(existing: Option<&str>, wanted: &str) -> bool {
+    existing.is_some_and(|q| q.split_whitespace().eq(wanted.split_whitespace()))
 }
 
 /// Opens every sink of the graph (each checks its resource exists and answers: one-line errors).

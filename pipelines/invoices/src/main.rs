@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use fluxo::ShutdownSignal;
-use invoices::config::{ConfigFile, Profile};
+use invoices::config::{ConfigFile, Overrides, Profile};
 use invoices::{query, RunSettings};
 
 #[derive(Debug, Parser)]
@@ -37,6 +37,12 @@ struct Global {
     /// Logs as JSON lines (the default on Kubernetes). Logs go to stderr, reports to stdout.
     #[arg(long, global = true)]
     log_json: bool,
+    /// Google Cloud project; replaces the profile's `project`.
+    #[arg(long, global = true, env = "INVOICES_PROJECT")]
+    project: Option<String>,
+    /// Archive location (gs://BUCKET[/PREFIX] or a directory); replaces the profile's `archive_url`.
+    #[arg(long, global = true, env = "INVOICES_ARCHIVE_URL")]
+    archive_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -265,8 +271,13 @@ async fn run(cli: Cli, profile: Profile) -> anyhow::Result<i32> {
 async fn main() {
     let cli = Cli::parse();
     init_logs(cli.global.log_json);
-    let profile = ConfigFile::load(cli.global.config.as_deref())
-        .and_then(|(file, path)| file.profile(&cli.global.profile, &path));
+    let profile = ConfigFile::load(cli.global.config.as_deref()).and_then(|(file, path)| {
+        let overrides = Overrides {
+            project: cli.global.project.clone(),
+            archive_url: cli.global.archive_url.clone(),
+        };
+        file.profile_with(&cli.global.profile, &path, &overrides)
+    });
     let code = match profile {
         Err(e) => {
             eprintln!("error: {e}");

@@ -198,6 +198,29 @@ impl BigQueryAdmin {
         self.exists(&self.table_url(dataset, table)).await
     }
 
+    /// The GoogleSQL query of a view (`view.query` of `tables.get`); `None` when the table does not
+    /// exist or is not a view.
+    pub async fn view_query(
+        &self,
+        dataset: &str,
+        table: &str,
+    ) -> Result<Option<String>, BigQueryError> {
+        validate_dataset(dataset).map_err(BigQueryError::Invalid)?;
+        validate_table(table).map_err(BigQueryError::Invalid)?;
+        let url = self.table_url(dataset, table);
+        let (status, body) = self.client.send(Method::GET, &url, None).await?;
+        match status {
+            s if s.is_success() => {
+                let table: Value = serde_json::from_slice(&body).map_err(|e| {
+                    BigQueryError::Invalid(format!("tables.get {dataset}.{table}: {e}"))
+                })?;
+                Ok(table["view"]["query"].as_str().map(str::to_string))
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            s => Err(api_error(s, &body)),
+        }
+    }
+
     /// Creates a dataset (in `location`, or the service's default); an existing one is left as is.
     pub async fn create_dataset(
         &self,
