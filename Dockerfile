@@ -9,7 +9,8 @@
 #   invoices-prebuilt, ingest-prebuilt  copy binaries compiled on the host from .tmp/image/bin/
 #                                       (scripts/image.sh --prebuilt: CI compiles once, reuses them here)
 # The prebuilt targets come first: the legacy builder (no BuildKit) builds every stage up to the target,
-# so a prebuilt build never needs BUILDER_IMAGE. A binary compiled on the host must link against a glibc
+# so a prebuilt build never needs BUILDER_IMAGE (and, with that builder, a source build needs the staged
+# binaries too; BuildKit, the default builder, skips stages the target does not use). A binary compiled on the host must link against a glibc
 # no newer than RUNTIME_IMAGE's (Debian 12: 2.36).
 #
 # Base images are build arguments pinned by digest; scripts/image.sh explains how to build on a machine

@@ -24,7 +24,11 @@ scripts/docker-engine.sh
 source scripts/stack.sh
 fail() { echo "check-image: FAILED: $*" >&2; exit 1; }
 containers=()
-remove_containers() { for c in "${containers[@]}"; do docker rm -f "$c" >/dev/null 2>&1 || true; done; }
+refs=()
+remove_containers() {
+  for c in "${containers[@]}"; do docker rm -f "$c" >/dev/null 2>&1 || true; done
+  for r in "${refs[@]}"; do docker rmi "$r" >/dev/null 2>&1 || true; done
+}
 trap 'remove_containers; cleanup' EXIT INT TERM
 
 build_release
