@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every test of the workspace (unit, integration, doc tests),
-# then a bounded fuzzing run of every fuzz target (FUZZ_SECONDS per target, default 60).
+# a bounded fuzzing run of every fuzz target (FUZZ_SECONDS per target, default 60), then the deployment
+# checks: Terraform (scripts/check-infra.sh), both container images run against the emulators
+# (scripts/check-image.sh; it starts a Docker engine when none runs) and the Kubernetes overlays
+# (scripts/check-k8s.sh, with the release binaries the image check built).
 # Usage: ./scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,3 +29,12 @@ cargo test --workspace --locked --doc
 
 step "fuzzing: every cargo-fuzz target for ${FUZZ_SECONDS:-60} s from the checked-in seeds"
 ./scripts/fuzz.sh
+
+step "deployment: Terraform (terraform fmt -check, checkov, tests/deploy/test_infra.py)"
+./scripts/check-infra.sh
+
+step "deployment: container images, built and run against the emulators (scripts/check-image.sh)"
+./scripts/check-image.sh
+
+step "deployment: Kubernetes overlays (kubectl kustomize, strict schemas, tests/deploy/test_k8s.py)"
+./scripts/check-k8s.sh --bin-dir target/release

@@ -611,3 +611,34 @@ pub async fn run_replay(
     let by_code = codes.lock().map(|m| m.clone()).unwrap_or_default();
     Ok(report("replay", engine, by_code, &latency, started))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::view_is_current;
+
+    /// The views Terraform creates (infra/sql/*.sql through `trimspace(templatefile(...))`) are the
+    /// ones `provision` wants, so provisioning after a Terraform apply leaves them untouched.
+    #[test]
+    fn views_made_by_terraform_are_left_alone() {
+        for view in nfe::bigquery::VIEWS {
+            let path = format!(
+                "{}/../../infra/sql/{}.sql",
+                env!("CARGO_MANIFEST_DIR"),
+                view.name
+            );
+            let template = std::fs::read_to_string(&path).unwrap();
+            let rendered = template
+                .replace("${project}", "acme-nfe")
+                .replace("${dataset}", "nfe");
+            let wanted = view.query_for("acme-nfe", "nfe");
+            assert!(view_is_current(Some(rendered.trim()), &wanted), "{path}");
+            assert!(!view_is_current(
+                Some(&rendered.replace("nfe_id", "id")),
+                &wanted
+            ));
+        }
+        assert!(!view_is_current(None, "SELECT 1"));
+        assert!(view_is_current(Some("SELECT\n  1 "), "SELECT 1"));
+        assert!(!view_is_current(Some("SELECT 2"), "SELECT 1"));
+    }
+}
