@@ -12,6 +12,7 @@
 pub mod bigquery;
 pub mod bigtable;
 mod error;
+pub mod logging;
 pub mod pubsub;
 pub mod storage;
 mod text;

@@ -245,25 +245,6 @@ async fn provision(cfg: &IngestConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs go to stderr: stdout carries the run report (JSON).
-fn init_logs(json: bool) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let on_k8s = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
-    if json || on_k8s {
-        tracing_subscriber::fmt()
-            .json()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter)
-            .init();
-    }
-}
-
 fn exit_code(report: &IngestReport) -> i32 {
     match report.poll.outcome {
         Outcome::Failed(_) | Outcome::Running => 1,
@@ -278,11 +259,12 @@ async fn main() {
         Command::Run(o) => o,
         Command::Serve { opts, .. } => opts,
     };
-    init_logs(opts.log_json);
+    // Logs go to stderr: stdout carries the run report (JSON).
+    let json = fluxo_gcp::logging::init(opts.log_json, "info");
     let code = match real_main(&cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ingest: {e:#}");
+            fluxo_gcp::logging::fatal(json, &format!("ingest: {e:#}"));
             1
         }
     };

@@ -349,13 +349,26 @@ async fn a_killed_run_resumes_from_its_checkpoint() {
     let n: u64 = at_kill.trim_start_matches("after-").parse().unwrap();
     assert!(n < 5_000, "the run finished before it was killed");
     // The killed run's lease expires (3 s); the restart resumes from the checkpoint.
+    // The restart logs as on GKE (KUBERNETES_SERVICE_HOST set): Cloud Logging's JSON lines.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let out = args(&[]).output().unwrap();
+    let out = args(&[])
+        .env("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+        .env(
+            "RUST_LOG",
+            "debug,h2=info,hyper=info,tower=info,rustls=info",
+        )
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+    let severities = cloud_logging_lines(&out.stderr);
+    assert!(
+        severities.contains("INFO") && severities.contains("DEBUG"),
+        "{severities:?}"
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["poll"]["started_from"], at_kill.as_str());
@@ -771,5 +784,68 @@ async fn the_lease_holds_while_a_run_waits_out_a_retry_after_longer_than_it() {
     assert_eq!(
         s.store().await.load().await.unwrap().as_deref(),
         Some("after-500")
+    );
+}
+
+/// Parses stderr as Cloud Logging reads it: every line one JSON object with a known `severity`, a
+/// top-level string `message`, `timestamp` as `{seconds, nanos}` and no `level`/`fields` of the
+/// default JSON format. Returns the severities seen.
+fn cloud_logging_lines(stderr: &[u8]) -> std::collections::BTreeSet<String> {
+    let text = String::from_utf8_lossy(stderr);
+    let mut seen = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let severity = v["severity"].as_str().unwrap_or_default();
+        assert!(
+            ["DEBUG", "INFO", "WARNING", "ERROR"].contains(&severity),
+            "{line}"
+        );
+        assert!(v["message"].is_string(), "{line}");
+        assert!(
+            v["timestamp"]["seconds"].as_u64().unwrap() > 1_700_000_000,
+            "{line}"
+        );
+        assert!(
+            v["timestamp"]["nanos"].as_u64().unwrap() < 1_000_000_000,
+            "{line}"
+        );
+        assert!(
+            v.get("level").is_none() && v.get("fields").is_none(),
+            "{line}"
+        );
+        seen.insert(severity.to_string());
+    }
+    seen
+}
+
+#[test]
+fn a_failed_run_ends_with_an_error_line_cloud_logging_reads() {
+    // Nothing listens on port 9: the run cannot reach Pub/Sub and exits 1 with its one-line error,
+    // as an ERROR entry (not as text Cloud Logging would file under DEFAULT).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ingest"))
+        .args([
+            "run",
+            "--auth",
+            "none",
+            "--api-url",
+            "http://127.0.0.1:9/invoices/feed",
+        ])
+        .env("PUBSUB_EMULATOR_HOST", "127.0.0.1:9")
+        .env("BIGTABLE_EMULATOR_HOST", "127.0.0.1:9")
+        .env("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(cloud_logging_lines(&out.stderr).contains("ERROR"));
+    let text = String::from_utf8_lossy(&out.stderr);
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["severity"], "ERROR");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("ingest: Pub/Sub at 127.0.0.1:9"),
+        "{last}"
     );
 }

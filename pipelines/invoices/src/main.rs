@@ -126,23 +126,6 @@ enum Command {
     },
 }
 
-fn init_logs(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,bigtable_rs=warn".into());
-    if json || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
-        tracing_subscriber::fmt()
-            .json()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter)
-            .init();
-    }
-}
-
 fn parse_instant(s: &str, flag: &str) -> anyhow::Result<jiff::Timestamp> {
     if let Ok(t) = s.parse::<jiff::Timestamp>() {
         return Ok(t);
@@ -270,7 +253,7 @@ async fn run(cli: Cli, profile: Profile) -> anyhow::Result<i32> {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    init_logs(cli.global.log_json);
+    let json = fluxo_gcp::logging::init(cli.global.log_json, "info,bigtable_rs=warn");
     let profile = ConfigFile::load(cli.global.config.as_deref()).and_then(|(file, path)| {
         let overrides = Overrides {
             project: cli.global.project.clone(),
@@ -280,13 +263,13 @@ async fn main() {
     });
     let code = match profile {
         Err(e) => {
-            eprintln!("error: {e}");
+            fluxo_gcp::logging::fatal(json, &format!("error: {e}"));
             2
         }
         Ok(profile) => match run(cli, profile).await {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                fluxo_gcp::logging::fatal(json, &format!("error: {e:#}"));
                 1
             }
         },
