@@ -7,7 +7,8 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -15,15 +16,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
+use crate::metrics::{
+    Metrics, SourceMetrics, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE,
+};
 
-/// Readiness flag shared by the engine and the HTTP server.
+/// Readiness and liveness shared by the engine and the HTTP server.
 ///
-/// Starts not ready; the engine sets it once the pipeline runs and clears it when it starts
-/// draining on shutdown.
+/// Readiness starts false; the engine sets it once the pipeline runs and clears it when it starts
+/// draining on shutdown. Liveness fails when [`Health::watch_progress`] was given a timeout and the
+/// sources' messages in flight have seen no acknowledgement (ack or nack) for that long.
 #[derive(Clone, Debug, Default)]
 pub struct Health {
     ready: Arc<AtomicBool>,
+    stalled: Arc<Mutex<Option<String>>>,
 }
 
 impl Health {
@@ -36,6 +41,82 @@ impl Health {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
+
+    /// Why the worker is not live (`/healthz` answers 503 with this text), or `None` when it is.
+    pub fn stalled(&self) -> Option<String> {
+        self.stalled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A watch of the sources' progress: call [`ProgressWatch::check`] periodically (the engine does,
+    /// every second); it updates this health's liveness.
+    pub fn watch_progress(
+        &self,
+        sources: Vec<SourceMetrics>,
+        stall_after: Duration,
+    ) -> ProgressWatch {
+        ProgressWatch {
+            health: self.clone(),
+            sources,
+            stall_after,
+            done: 0,
+            since: Instant::now(),
+        }
+    }
+}
+
+/// Detects a pipeline that makes no progress while work waits: messages were received (emitted
+/// into the pipeline) and are neither acknowledged nor nacked, and the count of acknowledged plus
+/// nacked messages has not moved for `stall_after`. A worker with nothing in flight is live however
+/// long it waits for messages.
+#[derive(Debug)]
+pub struct ProgressWatch {
+    health: Health,
+    sources: Vec<SourceMetrics>,
+    stall_after: Duration,
+    done: u64,
+    since: Instant,
+}
+
+impl ProgressWatch {
+    /// Samples the sources' counters and updates the liveness; logs when the worker stalls and
+    /// when it recovers. Returns the reason when stalled.
+    pub fn check(&mut self) -> Option<String> {
+        let emitted: u64 = self.sources.iter().map(|s| s.emitted.get()).sum();
+        let done: u64 = self
+            .sources
+            .iter()
+            .map(|s| s.acked.get() + s.nacked.get())
+            .sum();
+        let in_flight = emitted.saturating_sub(done);
+        let now = Instant::now();
+        if done != self.done || in_flight == 0 {
+            self.done = done;
+            self.since = now;
+        }
+        let idle = now.duration_since(self.since);
+        let reason = (in_flight > 0 && idle >= self.stall_after).then(|| {
+            format!(
+                "no progress for {} s: {in_flight} messages in flight and none acknowledged or \
+                 nacked since (a sink or a step is stuck)",
+                idle.as_secs()
+            )
+        });
+        let mut stalled = self
+            .health
+            .stalled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match (&*stalled, &reason) {
+            (None, Some(r)) => tracing::error!(reason = %r, "pipeline stalled: /healthz fails"),
+            (Some(_), None) => tracing::warn!("pipeline progresses again: /healthz passes"),
+            _ => {}
+        }
+        stalled.clone_from(&reason);
+        reason
+    }
 }
 
 #[derive(Clone)]
@@ -45,7 +126,8 @@ struct AppState {
 }
 
 /// Serves GET /metrics (text exposition, format negotiated from `Accept`: OpenMetrics 1.0.0 when
-/// asked for, Prometheus text 0.0.4 otherwise), GET /healthz (200 "ok" while the process runs),
+/// asked for, Prometheus text 0.0.4 otherwise), GET /healthz (200 "ok", or 503 with the reason when
+/// the pipeline stalled: see [`ProgressWatch`]),
 /// GET /readyz (200 when ready, 503 otherwise), 404 otherwise, until `shutdown` resolves; then
 /// stops accepting connections and returns once open requests are answered.
 pub async fn serve(
@@ -114,8 +196,11 @@ async fn metrics_handler(State(state): State<AppState>, headers: HeaderMap) -> R
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+async fn healthz(State(state): State<AppState>) -> (StatusCode, String) {
+    match state.health.stalled() {
+        None => (StatusCode::OK, "ok".into()),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {

@@ -86,6 +86,10 @@ pub struct RunOptions {
     pub drain_timeout: Duration,
     /// Serve `/metrics`, `/healthz` and `/readyz` on this address while running. Default: none.
     pub metrics_addr: Option<SocketAddr>,
+    /// `/healthz` fails (503, with the reason) once messages are in flight and none was acknowledged
+    /// or nacked for this long, and an error is logged; `None` never. Keep it above the longest time a
+    /// sink may retry one request (a restart does not mend a sink that is down). Default: 10 minutes.
+    pub stall_timeout: Option<Duration>,
 }
 
 impl Default for RunOptions {
@@ -94,6 +98,7 @@ impl Default for RunOptions {
             shutdown: ShutdownSignal::never(),
             drain_timeout: Duration::from_secs(25),
             metrics_addr: None,
+            stall_timeout: Some(Duration::from_secs(600)),
         }
     }
 }

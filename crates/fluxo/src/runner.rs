@@ -57,6 +57,12 @@ pub(crate) async fn run(
     }
     health.set_ready(true);
     tracing::info!(pipeline = %runnable.name, steps = labels.len(), "pipeline running");
+    let mut watch = options.stall_timeout.map(|after| {
+        let sources = runnable.sources.iter().map(|(_, m)| m.clone()).collect();
+        health.watch_progress(sources, after)
+    });
+    let mut watch_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let aborts: Vec<_> = handles.iter().map(|h| h.abort_handle()).collect();
     let mut running: FuturesUnordered<_> = handles
@@ -95,6 +101,11 @@ pub(crate) async fn run(
                 deadline = Some(Instant::now() + options.drain_timeout);
                 health.set_ready(false);
                 stop.trigger();
+            }
+            _ = watch_tick.tick(), if watch.is_some() => {
+                if let Some(w) = watch.as_mut() {
+                    w.check();
+                }
             }
             _ = sleep_until(deadline), if deadline.is_some() && !drain_timed_out => {
                 drain_timed_out = true;

@@ -80,6 +80,10 @@ pub struct RunSettings {
     pub progress_every: Duration,
     /// Longest drain after a stop before the rest is abandoned (and redelivered). Default: 25 s.
     pub drain_timeout: Duration,
+    /// `/healthz` fails once messages are in flight and none was acknowledged or nacked for this
+    /// long (`fluxo::RunOptions::stall_timeout`); `None` never. Default: 10 minutes, above BigQuery's
+    /// `resolve_timeout_ms`, the longest a sink retries one request.
+    pub stall_timeout: Option<Duration>,
 }
 
 impl Default for RunSettings {
@@ -91,6 +95,7 @@ impl Default for RunSettings {
             stop_after: None,
             progress_every: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(25),
+            stall_timeout: Some(Duration::from_secs(600)),
         }
     }
 }
@@ -566,6 +571,7 @@ pub async fn run_stream(
             shutdown: run_signal,
             drain_timeout: settings.drain_timeout,
             metrics_addr: settings.metrics_addr,
+            stall_timeout: settings.stall_timeout,
         })
         .await;
     watcher.abort();
@@ -606,6 +612,7 @@ pub async fn run_replay(
             shutdown,
             drain_timeout: settings.drain_timeout,
             metrics_addr: settings.metrics_addr,
+            stall_timeout: settings.stall_timeout,
         })
         .await?;
     let by_code = codes.lock().map(|m| m.clone()).unwrap_or_default();

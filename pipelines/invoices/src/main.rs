@@ -59,6 +59,11 @@ struct RunArgs {
     /// Longest drain after SIGTERM, in seconds (keep it under the pod's grace period).
     #[arg(long, default_value_t = 25)]
     drain_timeout_secs: u64,
+    /// /healthz fails (503, with the reason; an error is logged) once messages are in flight and
+    /// none was acknowledged or nacked for this many seconds; 0 = never. Keep it above the sinks'
+    /// longest retry of one request (BigQuery's resolve_timeout_ms, 600 s by default).
+    #[arg(long, default_value_t = 600)]
+    stall_timeout_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +156,8 @@ fn settings(args: &RunArgs, exit_when_idle: Option<f64>) -> anyhow::Result<RunSe
         metrics_addr: args.metrics_addr,
         exit_when_idle,
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+        stall_timeout: (args.stall_timeout_secs > 0)
+            .then(|| Duration::from_secs(args.stall_timeout_secs)),
         ..RunSettings::default()
     })
 }
