@@ -658,10 +658,14 @@ def test_every_flag_and_variable_exists_in_the_binaries_help(docs):
 
 
 def test_the_allowlisted_variables_are_read_by_the_code():
+    # Both binaries set up their logs with fluxo_gcp::logging::init, which reads RUST_LOG (through
+    # EnvFilter) and KUBERNETES_SERVICE_HOST (JSON lines for Cloud Logging on Kubernetes).
+    logging = (ROOT / "crates" / "fluxo-gcp" / "src" / "logging.rs").read_text()
+    assert "EnvFilter::try_from_default_env" in logging, "the logging set-up no longer reads RUST_LOG"
+    assert '"KUBERNETES_SERVICE_HOST"' in logging, "the logging set-up no longer reads KUBERNETES_SERVICE_HOST"
     for name in BINARIES:
         source = (ROOT / "pipelines" / name / "src" / "main.rs").read_text()
-        assert "EnvFilter::try_from_default_env" in source, f"{name} no longer reads RUST_LOG"
-        assert '"KUBERNETES_SERVICE_HOST"' in source, f"{name} no longer reads KUBERNETES_SERVICE_HOST"
+        assert "fluxo_gcp::logging::init(" in source, f"{name} no longer sets up its logs with fluxo_gcp::logging::init"
 
 
 def test_the_help_parser_reads_what_the_binaries_declare():
