@@ -135,7 +135,7 @@ pub mod names {
     );
     /// Output watermark of a step (label `step`).
     pub const STEP_WATERMARK: Def = def(
-        "fluxo_step_watermark_seconds",
+        "fluxo_step_watermark_timestamp_seconds",
         Kind::Gauge,
         "Output watermark of the step, in seconds since the Unix epoch (absent before the first watermark and after end of input)",
     );
@@ -172,7 +172,7 @@ pub mod names {
     );
     /// Watermark of a source (label `step`).
     pub const SOURCE_WATERMARK: Def = def(
-        "fluxo_source_watermark_seconds",
+        "fluxo_source_watermark_timestamp_seconds",
         Kind::Gauge,
         "Watermark of the source, in seconds since the Unix epoch (absent before the first watermark and after end of input)",
     );
@@ -275,8 +275,16 @@ pub mod names {
         "Highest number of bytes queued in the buffer since the run started",
     );
 
+    /// Always 1; labels `version` (of the engine crate) and `pipeline`: which build runs where.
+    pub const BUILD_INFO: Def = def(
+        "fluxo_build_info",
+        Kind::Gauge,
+        "Always 1; the label version is the engine's version (join on it to see which build runs)",
+    );
+
     /// Every family, in exposition order.
     pub const ALL: &[Def] = &[
+        BUILD_INFO,
         STEP_RECEIVED,
         STEP_SENT,
         STEP_ERRORS,
@@ -361,6 +369,12 @@ struct StepLabel {
 struct RequestLabels {
     step: String,
     outcome: &'static str,
+}
+
+/// Label set of [`names::BUILD_INFO`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
 }
 
 /// Label set of the buffer families.
@@ -636,6 +650,13 @@ impl Metrics {
         r.register_collector(Box::new(WatermarkCollector {
             cells: Arc::clone(&watermarks),
         }));
+        let build_info: Family<BuildLabels, Gauge> =
+            register(&mut r, &BUILD_INFO, Family::default());
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
         let inner = Inner {
             step_received: register(&mut r, &STEP_RECEIVED, Family::default()),
             step_sent: register(&mut r, &STEP_SENT, Family::default()),
@@ -1022,8 +1043,11 @@ mod tests {
 
     #[test]
     fn families_without_series_are_not_exposed() {
+        // Only the build information, which always has its one series.
         let text = Metrics::new("p").encode();
-        assert_eq!(text, "# EOF\n");
+        let families: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
+        assert_eq!(families, ["# TYPE fluxo_build_info gauge"], "{text}");
+        assert!(text.ends_with("# EOF\n"));
     }
 
     #[test]
@@ -1125,7 +1149,7 @@ mod tests {
         );
         let raw = sample(
             &text,
-            r#"fluxo_step_watermark_seconds{pipeline="p",step="window"}"#,
+            r#"fluxo_step_watermark_timestamp_seconds{pipeline="p",step="window"}"#,
         );
         assert!(
             raw.is_some_and(|raw| (raw - micros_to_seconds(watermark)).abs() < 1e-3),
@@ -1373,6 +1397,11 @@ mod tests {
             names::STEP_RECEIVED.exposed_name(),
             "fluxo_step_received_elements_total"
         );
+        let build = format!(
+            "fluxo_build_info{{pipeline=\"p\",version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "{text}");
     }
 
     #[test]
