@@ -10,6 +10,15 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# A cold run writes about need_gb GB (target/ with debug and release builds, fuzz/target, the Python
+# environments, Docker images); say so up front rather than fail later with "No space left on device".
+need_gb=8
+avail_gb=$(df -Pk . | awk 'NR == 2 { printf "%d", $4 / 1048576 }')
+step "disk: ${avail_gb} GB free in $(pwd); a cold run needs about ${need_gb} GB"
+if [ "${avail_gb}" -lt "${need_gb}" ]; then
+  echo "test.sh: warning: less free disk than a cold run needs; free space (e.g. cargo clean) if a step fails with ENOSPC" >&2
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
