@@ -12,7 +12,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 # A cold run writes about need_gb GB (target/ with debug and release builds, fuzz/target, the Python
 # environments, Docker images); say so up front rather than fail later with "No space left on device".
-need_gb=8
+need_gb=9
 avail_gb=$(df -Pk . | awk 'NR == 2 { printf "%d", $4 / 1048576 }')
 step "disk: ${avail_gb} GB free in $(pwd); a cold run needs about ${need_gb} GB"
 if [ "${avail_gb}" -lt "${need_gb}" ]; then
