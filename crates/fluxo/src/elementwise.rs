@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::channel::Watermark;
 use crate::element::{Data, Element, PaneInfo, Timestamp, Window};
 use crate::finalizer::{Finalizers, Status};
-use crate::metrics::StepMetrics;
+use crate::metrics::{MetricScope, StepMetrics};
 use crate::operator::{Operator, Output};
 use crate::window::WindowFn;
 
@@ -34,6 +34,9 @@ pub(crate) trait BatchFn: Send + 'static {
 
     /// The step's input watermark when the next batch is processed (only [`DoFn`]s look at it).
     fn set_input_watermark(&mut self, _watermark: Timestamp) {}
+
+    /// Lets the step's user code register its metrics (only [`DoFn`]s have any).
+    fn register_metrics(&mut self, _metrics: &MetricScope) {}
 }
 
 /// `map`: one output per input.
@@ -230,6 +233,12 @@ pub trait DoFn: Send + 'static {
     /// Dead-letter output type.
     type Dead: Data;
 
+    /// Called once per instance while the graph is built, with a scope whose label `step` is the
+    /// DoFn's step: declare its own metric families and keep the handles (see
+    /// [`crate::metrics`]); instances of a parallel step resolve the same series. Does nothing by
+    /// default.
+    fn register_metrics(&mut self, _metrics: &MetricScope) {}
+
     /// Called before the first element of each bundle.
     fn start_bundle(&mut self) {}
 
@@ -346,6 +355,10 @@ impl<D: DoFn> BatchFn for ParDoFn<D> {
 
     fn set_input_watermark(&mut self, watermark: Timestamp) {
         self.input_watermark = watermark;
+    }
+
+    fn register_metrics(&mut self, metrics: &MetricScope) {
+        self.dofn.register_metrics(metrics);
     }
 
     fn process_batch(

@@ -55,7 +55,7 @@ pub use combine::{CombineFn, Count, Reduce, Sum, ToList};
 pub use element::{Data, Element, PaneInfo, Timestamp, Timing, Window};
 pub use elementwise::{BundleContext, DoFn, DoFnContext};
 pub use finalizer::{ack_batch, AckReceiver, Failure, Finalizer, Finalizers, Outcomes, Status};
-pub use metrics::Metrics;
+pub use metrics::{MetricScope, Metrics};
 pub use pipeline::{
     PCollection, PTransform, Parallel, Pipeline, PipelineConfig, PipelineError, RunOptions,
     Runnable, StepKind, Tagged, WithLate,

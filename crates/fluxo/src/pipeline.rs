@@ -290,6 +290,14 @@ impl Pipeline {
     /// A pipeline with explicit settings.
     pub fn with_config(config: PipelineConfig) -> Self {
         let metrics = Metrics::new(&config.name);
+        Self::with_metrics(config, metrics)
+    }
+
+    /// A pipeline that registers its metrics in `metrics` instead of a registry of its own: for a
+    /// process that runs one pipeline after another (a server triggered per run) and serves one
+    /// `/metrics` for all of them. Series of the same step resolve to the same counters from one
+    /// run to the next; the `pipeline` label is the one `metrics` was created with.
+    pub fn with_metrics(config: PipelineConfig, metrics: Metrics) -> Self {
         Pipeline {
             graph: Rc::new(RefCell::new(Graph {
                 config,
@@ -312,9 +320,10 @@ impl Pipeline {
     }
 
     /// Adds a source.
-    pub fn read<S: Source>(&self, label: &str, source: S) -> PCollection<S::Output> {
+    pub fn read<S: Source>(&self, label: &str, mut source: S) -> PCollection<S::Output> {
         let mut g = self.graph.borrow_mut();
         let full = g.register(label);
+        source.register_metrics(&g.metrics.scope(&[("step", &full)]));
         let slot = g.new_slot::<S::Output>(&full, "main", true);
         let metrics = g.metrics.source(&full);
         let step_metrics = g.metrics.step(&full);
@@ -510,12 +519,16 @@ impl<T: Data> PCollection<T> {
     fn elementwise<F: BatchFn<In = T>>(
         &self,
         label: &str,
-        instances: Vec<F>,
+        mut instances: Vec<F>,
         windowing: Windowing,
         warn_dead: bool,
     ) -> (PCollection<F::Out>, PCollection<F::Dead>) {
         let mut g = self.graph.borrow_mut();
         let full = g.register(label);
+        let scope = g.metrics.scope(&[("step", &full)]);
+        for instance in &mut instances {
+            instance.register_metrics(&scope);
+        }
         let rx = g.connect::<T>(self.slot, &full);
         let main = g.new_slot::<F::Out>(&full, "main", true);
         let dead = g.new_slot::<F::Dead>(&full, "dead_letters", warn_dead);
@@ -626,9 +639,10 @@ impl<T: Data> PCollection<T> {
     }
 
     /// Writes to a sink with batching, retries and an in-flight limit.
-    pub fn write<S: Sink<T>>(&self, label: &str, sink: S, config: SinkConfig) {
+    pub fn write<S: Sink<T>>(&self, label: &str, mut sink: S, config: SinkConfig) {
         let mut g = self.graph.borrow_mut();
         let full = g.register(label);
+        sink.register_metrics(&g.metrics.scope(&[("step", &full)]));
         let rx = g.connect::<T>(self.slot, &full);
         let step_metrics = g.metrics.step(&full);
         let sink_metrics = g.metrics.sink(&full);

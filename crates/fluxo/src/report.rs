@@ -102,6 +102,32 @@ impl RunReport {
         self.sinks.iter().find(|s| s.label == label)
     }
 
+    /// The counts of this report minus those of `earlier` (same graph, an earlier snapshot),
+    /// saturating at 0; the buffer peaks are kept as they are (the highest since the registry was
+    /// created).
+    pub fn since(mut self, earlier: &RunReport) -> RunReport {
+        for (now, then) in self.steps.iter_mut().zip(&earlier.steps) {
+            now.received = now.received.saturating_sub(then.received);
+            now.sent = now.sent.saturating_sub(then.sent);
+            now.errors = now.errors.saturating_sub(then.errors);
+            now.discarded = now.discarded.saturating_sub(then.discarded);
+            now.late = now.late.saturating_sub(then.late);
+        }
+        for (now, then) in self.sources.iter_mut().zip(&earlier.sources) {
+            now.emitted = now.emitted.saturating_sub(then.emitted);
+            now.acked = now.acked.saturating_sub(then.acked);
+            now.nacked = now.nacked.saturating_sub(then.nacked);
+            now.rejected = now.rejected.saturating_sub(then.rejected);
+        }
+        for (now, then) in self.sinks.iter_mut().zip(&earlier.sinks) {
+            now.written = now.written.saturating_sub(then.written);
+            now.failed = now.failed.saturating_sub(then.failed);
+            now.retries = now.retries.saturating_sub(then.retries);
+            now.batches = now.batches.saturating_sub(then.batches);
+        }
+        self
+    }
+
     /// The highest peak of any buffer, in elements.
     pub fn peak_buffered_elements(&self) -> u64 {
         self.buffers

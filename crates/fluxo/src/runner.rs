@@ -31,6 +31,7 @@ pub(crate) async fn run(
     stop: Shutdown,
 ) -> Result<RunReport, PipelineError> {
     let started = StdInstant::now();
+    let baseline = collect(&runnable, &entries, std::time::Duration::ZERO);
     let health = Health::default();
     let server_stop = Shutdown::new();
     let server = match options.metrics_addr {
@@ -120,27 +121,44 @@ pub(crate) async fn run(
         let _ = tokio::task::spawn_blocking(move || s.join()).await;
     }
 
-    let report = RunReport {
+    let report = collect(&runnable, &entries, started.elapsed()).since(&baseline);
+    if drain_timed_out {
+        return Err(PipelineError::DrainTimeout(options.drain_timeout));
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
+/// What the counters of the run's steps, sources, sinks and buffers say now. Taken when the run
+/// starts and when it ends: the report is the difference ([`RunReport::since`]), so a registry
+/// shared by several runs ([`crate::Pipeline::with_metrics`]) still gives each run its own numbers.
+fn collect(
+    runnable: &Runnable,
+    entries: &[(String, StepKind, StepMetrics)],
+    elapsed: std::time::Duration,
+) -> RunReport {
+    RunReport {
         pipeline: runnable.name.clone(),
-        elapsed: started.elapsed(),
+        elapsed,
         steps: entries
-            .into_iter()
+            .iter()
             .map(|(label, kind, m)| {
                 let emitted = runnable
                     .sources
                     .iter()
-                    .find(|(l, _)| *l == label)
+                    .find(|(l, _)| l == label)
                     .map(|(_, s)| s.emitted.get());
-                (label, kind, m, emitted)
-            })
-            .map(|(label, kind, m, emitted)| StepReport {
-                received: emitted.unwrap_or_else(|| m.received.get()),
-                sent: emitted.unwrap_or_else(|| m.sent.get()),
-                errors: m.errors.get(),
-                discarded: m.discarded.get(),
-                late: m.late.get(),
-                label,
-                kind,
+                StepReport {
+                    received: emitted.unwrap_or_else(|| m.received.get()),
+                    sent: emitted.unwrap_or_else(|| m.sent.get()),
+                    errors: m.errors.get(),
+                    discarded: m.discarded.get(),
+                    late: m.late.get(),
+                    label: label.clone(),
+                    kind: *kind,
+                }
             })
             .collect(),
         sources: runnable
@@ -175,12 +193,5 @@ pub(crate) async fn run(
                 peak_bytes: m.peak_bytes(),
             })
             .collect(),
-    };
-    if drain_timed_out {
-        return Err(PipelineError::DrainTimeout(options.drain_timeout));
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(report),
     }
 }

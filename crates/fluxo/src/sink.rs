@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::channel::{Message, Receiver};
 use crate::element::{Data, Element, PaneInfo, Timestamp, Window};
 use crate::finalizer::{Finalizers, Status};
-use crate::metrics::{SinkMetrics, StepMetrics};
+use crate::metrics::{MetricScope, SinkMetrics, StepMetrics};
 use crate::operator::sleep_until;
 
 /// Classifies errors as worth retrying or not, apart from the transport that produced them.
@@ -117,6 +117,11 @@ impl<T: Data> SinkBatch<T> {
 pub trait Sink<T: Data>: Send + Sync + 'static {
     /// Transport error, classified by [`ErrorClass`].
     type Error: std::error::Error + ErrorClass + Send + Sync + 'static;
+
+    /// Called once while the graph is built, with a scope whose label `step` is the sink's step:
+    /// declare the sink's own metric families (requests, latencies) and keep the handles (see
+    /// [`crate::metrics`]). Does nothing by default.
+    fn register_metrics(&mut self, _metrics: &MetricScope) {}
 
     /// Writes one batch.
     fn write(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::channel::Watermark;
 use crate::element::{Data, Element, Timestamp};
 use crate::finalizer::Status;
-use crate::metrics::SourceMetrics;
+use crate::metrics::{MetricScope, SourceMetrics};
 use crate::operator::Output;
 use crate::shutdown::ShutdownSignal;
 
@@ -23,6 +23,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub trait Source: Send + 'static {
     /// Element type.
     type Output: Data;
+
+    /// Called once while the graph is built, with a scope whose label `step` is the source's
+    /// step: declare the source's own metric families and keep the handles (see
+    /// [`crate::metrics`]). Does nothing by default.
+    fn register_metrics(&mut self, _metrics: &MetricScope) {}
 
     /// Reads and emits.
     fn run(
