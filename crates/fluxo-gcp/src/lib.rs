@@ -13,6 +13,7 @@ pub mod bigquery;
 pub mod bigtable;
 mod error;
 pub mod logging;
+pub mod metrics;
 pub mod pubsub;
 pub mod storage;
 mod text;

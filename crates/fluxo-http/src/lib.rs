@@ -17,6 +17,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod metrics;
 pub mod paginate;
 pub mod scan;
 mod source;

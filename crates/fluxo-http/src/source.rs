@@ -2,6 +2,8 @@
 //! one element per page, and commits the checkpoint of a page only once that page and every page before
 //! it were acknowledged downstream.
 
+use crate::metrics::SourceMetrics;
+use fluxo::MetricScope;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -222,6 +224,8 @@ pub struct HttpSource<S> {
     store: Arc<S>,
     summary: Arc<Mutex<RunSummary>>,
     lease_ttl: Duration,
+    /// Set when the source is added to a pipeline ([`Source::register_metrics`]).
+    metrics: Option<SourceMetrics>,
 }
 
 impl<S: CheckpointStore> HttpSource<S> {
@@ -232,6 +236,7 @@ impl<S: CheckpointStore> HttpSource<S> {
             store: Arc::new(store),
             summary: Arc::new(Mutex::new(RunSummary::default())),
             lease_ttl: Duration::from_secs(120),
+            metrics: None,
         }
     }
 
@@ -258,6 +263,7 @@ struct Poller<S> {
     client: reqwest::Client,
     store: Arc<S>,
     summary: Arc<Mutex<RunSummary>>,
+    metrics: Option<SourceMetrics>,
     committed: Option<String>,
     pending: VecDeque<Pending>,
     failed: u64,
@@ -305,6 +311,9 @@ impl<S: CheckpointStore> Poller<S> {
                     tracing::debug!(position = %Short(&pos), "checkpoint committed");
                     self.committed = Some(pos.clone());
                     self.note(|s| s.committed = Some(pos));
+                    if let Some(metrics) = &self.metrics {
+                        metrics.committed();
+                    }
                 }
             }
         }
@@ -426,6 +435,9 @@ impl<S: CheckpointStore> Poller<S> {
             let wait = retry_after
                 .unwrap_or_default()
                 .max(c.retry.backoff(attempt));
+            if let Some(metrics) = &self.metrics {
+                metrics.waited(wait);
+            }
             tracing::warn!(url = %Short(url.as_str()), attempt, error = %last, wait_ms = wait.as_millis() as u64, "page request failed; retrying");
             // The lease keeper renews the lease meanwhile, however long the wait.
             let mut lease = self.lease.clone();
@@ -760,6 +772,10 @@ fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
 impl<S: CheckpointStore> Source for HttpSource<S> {
     type Output = HttpPage;
 
+    fn register_metrics(&mut self, metrics: &MetricScope) {
+        self.metrics = Some(SourceMetrics::register(metrics, &self.summary));
+    }
+
     async fn run(self, mut ctx: SourceContext<HttpPage>) -> Result<(), BoxError> {
         let c = &self.cfg.config;
         let client = reqwest::Client::builder()
@@ -803,6 +819,7 @@ impl<S: CheckpointStore> Source for HttpSource<S> {
             client,
             store: self.store.clone(),
             summary: self.summary.clone(),
+            metrics: self.metrics.clone(),
             committed,
             pending: VecDeque::new(),
             failed: 0,
@@ -826,6 +843,11 @@ impl<S: CheckpointStore> Source for HttpSource<S> {
             Ok(o) => o.clone(),
             Err(e) => Outcome::Failed(e.to_string()),
         };
+        if outcome == Outcome::CaughtUp {
+            if let Some(metrics) = &self.metrics {
+                metrics.caught_up();
+            }
+        }
         let summary = {
             let mut s = self.summary.lock().unwrap_or_else(|p| p.into_inner());
             s.outcome = outcome;

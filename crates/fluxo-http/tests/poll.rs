@@ -96,13 +96,57 @@ async fn run(
     p.read("Poll", source)
         .flat_map("Split", records)
         .write("Collect", sink, SinkConfig::default());
+    let metrics = p.metrics();
     let result = p.run(RunOptions::default()).await;
     let summary = summary.lock().unwrap().clone();
+    metrics_agree_with_the_summary(&metrics.encode(), &summary);
     Run {
         records: out.values(),
         summary,
         error: result.err().map(|e| e.to_string()),
     }
+}
+
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+}
+
+/// The source's exported metrics tell what its summary tells (every run of these tests checks it).
+fn metrics_agree_with_the_summary(text: &str, s: &fluxo_http::RunSummary) {
+    let labels = r#"{pipeline="poll-test",step="Poll"}"#;
+    let value = |name: &str| sample(text, &format!("{name}{labels}"));
+    assert_eq!(
+        value("fluxo_http_pages_total"),
+        Some(s.pages as f64),
+        "{text}"
+    );
+    assert_eq!(value("fluxo_http_records_total"), Some(s.records as f64));
+    assert_eq!(value("fluxo_http_retries_total"), Some(s.retries as f64));
+    assert_eq!(
+        value("fluxo_http_broken_pages_total"),
+        Some(s.broken_pages as f64)
+    );
+    assert_eq!(
+        value("fluxo_http_failed_pages_total"),
+        Some(s.failed_pages as f64)
+    );
+    // Every retry waited once, and the wait was recorded.
+    assert_eq!(
+        value("fluxo_http_retry_wait_seconds_count"),
+        Some(s.retries as f64)
+    );
+    let commits = value("fluxo_http_checkpoint_commits_total").unwrap_or(0.0);
+    assert_eq!(commits > 0.0, s.committed != s.started_from, "{s:?}");
+    let committed_at = value("fluxo_http_checkpoint_commit_timestamp_seconds").unwrap_or(0.0);
+    assert_eq!(committed_at > 1.7e9, commits > 0.0);
+    let success = value("fluxo_http_last_success_timestamp_seconds").unwrap_or(0.0);
+    assert_eq!(
+        success > 1.7e9,
+        s.outcome == fluxo_http::Outcome::CaughtUp,
+        "{s:?}"
+    );
 }
 
 async fn run_collecting(cfg: &HttpSourceConfig, store: MemoryCheckpointStore) -> Run {

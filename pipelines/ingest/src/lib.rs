@@ -18,6 +18,7 @@
 //! run from polling while one is running.
 
 pub mod checkpoint;
+pub mod metrics;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fluxo::{Data, Pipeline, PipelineConfig, RunOptions, ShutdownSignal, SinkConfig};
+use fluxo::{Data, Metrics, Pipeline, PipelineConfig, RunOptions, ShutdownSignal, SinkConfig};
 use fluxo_gcp::bigtable::BigtableSinkConfig;
 use fluxo_gcp::pubsub::{
     clip_attribute_value, PubsubOut, PubsubSink, PubsubSinkConfig, MAX_ATTRIBUTES,
@@ -498,6 +499,34 @@ pub async fn run(
     cfg: &IngestConfig,
     shutdown: ShutdownSignal,
 ) -> Result<IngestReport, IngestError> {
+    run_in(cfg, shutdown, Metrics::new(PIPELINE_NAME)).await
+}
+
+/// The pipeline name: the `pipeline` label of every series.
+pub const PIPELINE_NAME: &str = "ingest";
+
+/// [`run`], registering the run's metrics in `metrics` (`ingest serve` keeps one registry for
+/// every run it is asked for, and serves it on its own port) and counting the run in
+/// [`metrics::RUNS`] whatever its outcome.
+pub async fn run_in(
+    cfg: &IngestConfig,
+    shutdown: ShutdownSignal,
+    metrics: Metrics,
+) -> Result<IngestReport, IngestError> {
+    let runs = metrics::RunMetrics::new(&metrics);
+    let result = run_registered(cfg, shutdown, metrics).await;
+    runs.ended(match &result {
+        Ok(report) => metrics::outcome_label(&report.poll.outcome),
+        Err(_) => "failed",
+    });
+    result
+}
+
+async fn run_registered(
+    cfg: &IngestConfig,
+    shutdown: ShutdownSignal,
+    metrics: Metrics,
+) -> Result<IngestReport, IngestError> {
     let started = Instant::now();
     let api = cfg.api.validate()?;
     let limits = cfg.limits.check(&cfg.topic, &cfg.dead_letter_topic)?;
@@ -520,11 +549,14 @@ pub async fn run(
 
     // The builder is single-threaded; only the built graph crosses await points.
     let runnable = {
-        let p = Pipeline::with_config(PipelineConfig {
-            name: "ingest".into(),
-            idle_timeout: None,
-            ..PipelineConfig::default()
-        });
+        let p = Pipeline::with_metrics(
+            PipelineConfig {
+                name: PIPELINE_NAME.into(),
+                idle_timeout: None,
+                ..PipelineConfig::default()
+            },
+            metrics,
+        );
         let name: Arc<str> = Arc::from(cfg.source_name.as_str());
         let log = dead_log.clone();
         let routed = p

@@ -138,7 +138,8 @@ struct Opts {
     /// Bytes of the raw record or page a dead letter carries as data (its first bytes).
     #[arg(long, default_value_t = ingest::DEFAULT_DEAD_LETTER_PREFIX_BYTES)]
     dead_letter_prefix_bytes: usize,
-    /// Serve Prometheus metrics on this address while running.
+    /// Serve Prometheus metrics on this address while running (`serve` also serves them at
+    /// /metrics on its own port, for every run).
     #[arg(long, env = "INGEST_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
     /// Create the topics and the checkpoint table when missing (local stacks; on GCP, Terraform does).
@@ -313,6 +314,8 @@ struct ServeState {
     cfg: IngestConfig,
     running: tokio::sync::Mutex<()>,
     shutdown: ShutdownSignal,
+    /// One registry for every run, served on the same port as `/run`.
+    metrics: fluxo::Metrics,
 }
 
 async fn serve(listen: SocketAddr, cfg: IngestConfig) -> anyhow::Result<()> {
@@ -321,9 +324,20 @@ async fn serve(listen: SocketAddr, cfg: IngestConfig) -> anyhow::Result<()> {
         cfg,
         running: tokio::sync::Mutex::new(()),
         shutdown: shutdown.clone(),
+        metrics: fluxo::Metrics::new(ingest::PIPELINE_NAME),
     });
+    // Registered before the first run, so a scrape before it sees every outcome at 0.
+    ingest::metrics::RunMetrics::new(&state.metrics);
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(
+                |State(state): State<Arc<ServeState>>, headers: axum::http::HeaderMap| async move {
+                    fluxo::http::metrics_response(&state.metrics, &headers)
+                },
+            ),
+        )
         .route("/run", post(trigger))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(listen)
@@ -341,7 +355,7 @@ async fn trigger(State(state): State<Arc<ServeState>>) -> axum::response::Respon
     let Ok(_guard) = state.running.try_lock() else {
         return (StatusCode::CONFLICT, "a run is already in progress\n").into_response();
     };
-    match ingest::run(&state.cfg, state.shutdown.clone()).await {
+    match ingest::run_in(&state.cfg, state.shutdown.clone(), state.metrics.clone()).await {
         Ok(report) => {
             let status = if exit_code(&report) == 0 {
                 StatusCode::OK

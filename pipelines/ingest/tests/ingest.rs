@@ -207,7 +207,9 @@ fn check_all(g: &Generator, got: &[(Vec<u8>, HashMap<String, String>)]) -> usize
 async fn fifty_thousand_invoices_arrive_exactly_once_with_their_attributes() {
     let s = stack(50_000, Faults::default()).await;
     let g = s.api.api().generator().clone();
-    let report = ingest::run(&s.config(1_000), ShutdownSignal::never())
+    // One registry for both runs, as `ingest serve` keeps it.
+    let metrics = fluxo::Metrics::new(ingest::PIPELINE_NAME);
+    let report = ingest::run_in(&s.config(1_000), ShutdownSignal::never(), metrics.clone())
         .await
         .unwrap();
     assert_eq!(report.poll.outcome, Outcome::CaughtUp);
@@ -229,12 +231,45 @@ async fn fifty_thousand_invoices_arrive_exactly_once_with_their_attributes() {
     }
     let store = s.store().await;
     assert_eq!(store.load().await.unwrap().as_deref(), Some("after-50000"));
+    let text = metrics.encode_prometheus_text();
+    let value = |series: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+    };
+    let l = r#"{pipeline="ingest",step="PollApi"}"#;
+    assert_eq!(
+        value(&format!("fluxo_http_records_total{l}")),
+        Some(50_000.0)
+    );
+    assert_eq!(
+        value(&format!("fluxo_http_pages_total{l}")),
+        Some(report.poll.pages as f64)
+    );
+    assert!(
+        value(&format!("fluxo_http_last_success_timestamp_seconds{l}")).is_some_and(|t| t > 1.7e9)
+    );
+    assert_eq!(
+        value(r#"ingest_runs_total{pipeline="ingest",outcome="caught_up"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(r#"ingest_runs_total{pipeline="ingest",outcome="failed"}"#),
+        Some(0.0)
+    );
+    let published = r#"fluxo_gcp_requests_total{pipeline="ingest",step="PublishInvoices",service="pubsub",method="Publish",outcome="ok"}"#;
+    assert!(value(published).is_some_and(|n| n >= 50.0), "{text}");
     // A second run finds nothing new and publishes nothing.
-    let again = ingest::run(&s.config(1_000), ShutdownSignal::never())
+    let again = ingest::run_in(&s.config(1_000), ShutdownSignal::never(), metrics.clone())
         .await
         .unwrap();
     assert_eq!((again.published, again.poll.pages), (0, 1));
     assert!(s.drain("all").await.is_empty());
+    let text = metrics.encode_prometheus_text();
+    assert!(
+        text.contains("ingest_runs_total{pipeline=\"ingest\",outcome=\"caught_up\"} 2\n"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

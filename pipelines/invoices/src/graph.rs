@@ -37,6 +37,7 @@ const _: () = assert!(nfe::SHORT_FORM_MAX_BYTES <= DEAD_LETTER_MESSAGE_MAX_BYTES
 use serde::{Deserialize, Serialize};
 
 use crate::latency::LatencySink;
+use crate::metrics::DeadLetterCodes;
 
 /// Object prefix of the raw archive (records within their window's allowed lateness).
 pub const RAW_PREFIX: &str = "raw";
@@ -439,7 +440,7 @@ pub fn build(
     messages: &PCollection<PubsubMessage>,
     mut sinks: Sinks,
     s: &GraphSettings,
-    codes: crate::CodeCounts,
+    codes: DeadLetterCodes,
 ) {
     if let Some((on_time, late)) = sinks.raw.take() {
         let routed = messages
@@ -451,10 +452,12 @@ pub fn build(
                     allowed_lateness: s.allowed_lateness,
                 },
             );
-        routed.main.write("RawArchive", on_time, s.archive_batch);
+        routed
+            .main
+            .write("RawArchive", LatencySink::new(on_time), s.archive_batch);
         routed
             .dead_letters
-            .write("RawArchiveLate", late, s.archive_batch);
+            .write("RawArchiveLate", LatencySink::new(late), s.archive_batch);
     }
 
     let validated = messages
@@ -469,7 +472,7 @@ pub fn build_replay(
     lines: &PCollection<Record>,
     sinks: Sinks,
     s: &GraphSettings,
-    codes: crate::CodeCounts,
+    codes: DeadLetterCodes,
 ) {
     let validated = lines
         .parallel(s.parallelism)
@@ -482,7 +485,7 @@ fn fan_out(
     validated: Tagged<Arc<Invoice>, Arc<DeadLetter>>,
     sinks: Sinks,
     s: &GraphSettings,
-    codes: crate::CodeCounts,
+    codes: DeadLetterCodes,
 ) {
     let invoices = validated.main;
 
@@ -498,7 +501,11 @@ fn fan_out(
     invoices
         .parallel(s.parallelism)
         .flat_map("BigQueryRows", move |inv: Arc<Invoice>| bq.rows(&inv))
-        .write("BigQuery", sinks.bigquery, s.bigquery_batch);
+        .write(
+            "BigQuery",
+            LatencySink::new(sinks.bigquery),
+            s.bigquery_batch,
+        );
 
     if let Some(processed) = sinks.processed {
         invoices
@@ -507,30 +514,32 @@ fn fan_out(
                     .map(|i| (inv.clone(), i))
                     .collect::<Vec<_>>()
             })
-            .write("ProcessedArchive", processed, s.archive_batch);
+            .write(
+                "ProcessedArchive",
+                LatencySink::new(processed),
+                s.archive_batch,
+            );
     }
 
     let archive_url = s.archive_url.clone();
     let dead = validated
         .dead_letters
         .map("DeadLetterJson", move |d: Arc<DeadLetter>| {
-            if let Ok(mut counts) = codes.lock() {
-                for code in d.codes() {
-                    *counts.entry(code.as_str().to_string()).or_default() += 1;
-                }
+            for code in d.codes() {
+                codes.count(code);
             }
             encode_dead_letter(&d, &archive_url)
         });
     dead.map("DeadLetterObject", |e: EncodedDeadLetter| e.object)
         .write(
             "DeadLetterArchive",
-            sinks.dead_letter_objects,
+            LatencySink::new(sinks.dead_letter_objects),
             s.dead_letter_batch,
         );
     dead.map("DeadLetterMessage", |e: EncodedDeadLetter| e.message)
         .write(
             "DeadLetterTopic",
-            sinks.dead_letter_topic,
+            LatencySink::new(sinks.dead_letter_topic),
             s.dead_letter_batch,
         );
 }

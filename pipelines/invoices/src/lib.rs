@@ -14,6 +14,7 @@ pub mod bq_rows;
 pub mod config;
 pub mod graph;
 pub mod latency;
+pub mod metrics;
 pub mod query;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,7 @@ use serde::Serialize;
 use crate::config::Profile;
 use crate::graph::{ArchivedMessage, GraphSettings, ObjectBytes, Sinks, Validate};
 use crate::latency::{Histogram, LatencySink};
+use crate::metrics::DeadLetterCodes;
 
 /// A run that could not start or did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -397,7 +399,7 @@ async fn open_sinks(
     })
     .await?;
     Ok(Sinks {
-        bigtable: LatencySink::new(bigtable, latency),
+        bigtable: LatencySink::reporting(bigtable, latency),
         bigquery,
         bigquery_layout,
         raw,
@@ -473,9 +475,6 @@ fn report(
     }
 }
 
-/// Dead letters counted by error code as they pass (dead letters are rare: a mutex is fine).
-pub type CodeCounts = Arc<std::sync::Mutex<BTreeMap<String, u64>>>;
-
 /// Runs the streaming pipeline on the profile's subscription until `shutdown` fires (SIGTERM), or until
 /// it has been idle for `exit_when_idle`; then drains and returns the report.
 pub async fn run_stream(
@@ -499,14 +498,14 @@ pub async fn run_stream(
     let sinks = open_sinks(p, true, latency.clone()).await?;
     let gs = graph_settings(p, settings.worker.clone())?;
 
-    let codes = CodeCounts::default();
     // Built in a block so that the (single-threaded) graph builder is gone before the first await: the
     // returned future stays `Send`.
-    let runnable = {
+    let (runnable, codes) = {
         let p_ = pipeline();
+        let codes = DeadLetterCodes::new(&p_.metrics());
         let messages = p_.read("Pubsub", source);
         graph::build(&messages, sinks, &gs, codes.clone());
-        p_.build()?
+        (p_.build()?, codes)
     };
 
     let stop = Shutdown::new();
@@ -576,7 +575,7 @@ pub async fn run_stream(
         .await;
     watcher.abort();
     let engine = engine?;
-    let by_code = codes.lock().map(|m| m.clone()).unwrap_or_default();
+    let by_code = codes.snapshot();
     Ok(report("stream", engine, by_code, &latency, started))
 }
 
@@ -600,12 +599,12 @@ pub async fn run_replay(
     let latency = Arc::new(Histogram::default());
     let sinks = open_sinks(p, false, latency.clone()).await?;
     let gs = graph_settings(p, settings.worker.clone())?;
-    let codes = CodeCounts::default();
-    let runnable = {
+    let (runnable, codes) = {
         let p_ = pipeline();
+        let codes = DeadLetterCodes::new(&p_.metrics());
         let lines = p_.read("Archive", source);
         graph::build_replay(&lines, sinks, &gs, codes.clone());
-        p_.build()?
+        (p_.build()?, codes)
     };
     let engine = runnable
         .run(RunOptions {
@@ -615,7 +614,7 @@ pub async fn run_replay(
             stall_timeout: settings.stall_timeout,
         })
         .await?;
-    let by_code = codes.lock().map(|m| m.clone()).unwrap_or_default();
+    let by_code = codes.snapshot();
     Ok(report("replay", engine, by_code, &latency, started))
 }
 

@@ -25,7 +25,7 @@ use invoices::{query, RunSettings};
 use nfe::bigquery::{Numeric, INVOICES_CURRENT, INVOICE_ITEMS_CURRENT};
 use serde_json::{Map, Value};
 
-use common::{drain, profile, profile_toml, run_until_idle, start_stack};
+use common::{drain, profile, profile_toml, start_stack};
 
 /// What the generator sent: valid records by id (parsed, and their exact bytes), and the expected code
 /// of each malformed one.
@@ -244,6 +244,125 @@ const ITEM_COLUMNS: &str = "nfe_id, line_number, emission_date, product_name, pr
     CAST(unit_value AS STRING) AS unit_value, CAST(quantity AS STRING) AS quantity, \
     CAST(line_total AS STRING) AS line_total, content_hash";
 
+/// GET `path` on `addr` (plain HTTP/1.1, the Prometheus text format); the body, or `None`.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+/// Runs the stream until idle with `/metrics` served, scraping it every 200 ms the way Prometheus
+/// would; returns the report and the last scrape (taken during the idle period before the drain).
+async fn run_until_idle_scraping(p: &Profile) -> (invoices::Report, String) {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let settings = RunSettings {
+        exit_when_idle: Some(Duration::from_secs(3)),
+        metrics_addr: Some(addr),
+        ..RunSettings::default()
+    };
+    let last = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let scraper = {
+        let last = last.clone();
+        tokio::spawn(async move {
+            loop {
+                let body = tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
+                    .await
+                    .ok()
+                    .flatten();
+                if let Some(body) = body {
+                    *last.lock().unwrap() = body;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let report = invoices::run_stream(p, &settings, ShutdownSignal::never())
+        .await
+        .expect("pipeline run");
+    scraper.abort();
+    let scraped = last.lock().unwrap().clone();
+    (report, scraped)
+}
+
+fn sample_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Compliance: every family the engine, the connectors and the pipeline declare is exported by the
+/// running worker (none silently missing), nothing undeclared is, and the values agree with the run.
+fn every_family_is_exported(text: &str, sent: &Sent, valid: u64) {
+    use std::collections::BTreeSet;
+    let exported: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    let declared: BTreeSet<String> = fluxo::metrics::names::ALL
+        .iter()
+        .chain(fluxo::metrics::process::ALL)
+        .chain(fluxo_gcp::metrics::ALL)
+        .chain(invoices::metrics::ALL)
+        .map(|d| d.exposed_name())
+        .collect();
+    let missing: Vec<&String> = declared
+        .iter()
+        .filter(|n| !exported.contains(n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "declared but not exported: {missing:?}\n{text}"
+    );
+    let undeclared: Vec<&&str> = exported
+        .iter()
+        .filter(|n| !declared.contains(**n))
+        .collect();
+    assert!(
+        undeclared.is_empty(),
+        "exported but not declared: {undeclared:?}"
+    );
+
+    let dead: u64 = sent.codes.values().sum();
+    assert_eq!(
+        sample_sum(text, "invoices_dead_letters_total{") as u64,
+        dead
+    );
+    for (code, n) in &sent.codes {
+        let series =
+            format!("invoices_dead_letters_total{{pipeline=\"invoices\",code=\"{code}\"}}");
+        assert_eq!(sample_sum(text, &series) as u64, *n, "{code}");
+    }
+    let bigtable = r#"invoices_publish_to_sink_seconds_count{pipeline="invoices",step="Bigtable"}"#;
+    assert_eq!(sample_sum(text, bigtable) as u64, 2 * valid);
+    let ok = |service: &str| {
+        text.lines().any(|l| {
+            l.starts_with("fluxo_gcp_requests_total{")
+                && l.contains(&format!("service=\"{service}\""))
+                && l.contains("outcome=\"ok\"")
+                && !l.ends_with(" 0")
+        })
+    };
+    for service in ["bigtable", "bigquery", "storage", "pubsub"] {
+        assert!(ok(service), "no successful {service} request counted");
+    }
+    assert_eq!(
+        sample_sum(text, "fluxo_pubsub_received_messages_total{") as u64,
+        sent.messages
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stream_then_replay_land_everything_exactly_once_per_invoice() {
     let emulators = start_stack().await;
@@ -270,7 +389,7 @@ async fn stream_then_replay_land_everything_exactly_once_per_invoice() {
     let dead: u64 = sent.codes.values().sum();
     assert!(valid > 1_300 && dead > 40, "{valid} valid, {dead} dead");
 
-    let report = run_until_idle(&p).await;
+    let (report, scraped) = run_until_idle_scraping(&p).await;
     assert_eq!(report.received, sent.messages);
     assert_eq!(report.acked, sent.messages);
     assert_eq!(report.invoices, valid);
@@ -283,6 +402,7 @@ async fn stream_then_replay_land_everything_exactly_once_per_invoice() {
     assert_eq!(report.processed_lines, items);
     assert_eq!(report.publish_to_bigtable.count, 2 * valid);
     assert!(report.publish_to_bigtable.p99_ms.is_some());
+    every_family_is_exported(&scraped, &sent, valid);
 
     // Counted from the stores themselves: plain counts and exact sums, against the oracle.
     let want = decimal_totals(sent.records.values().map(Vec::as_slice));

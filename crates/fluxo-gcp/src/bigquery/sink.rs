@@ -1,6 +1,7 @@
 //! [`BigQuerySink`]: the Storage Write API with committed streams and offsets; one request per table and
 //! size limit; per-row outcomes.
 
+use crate::metrics::RequestMetrics;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -47,6 +48,8 @@ struct Inner {
     lanes: Vec<Vec<Mutex<Lane>>>,
     /// Round-robin start of the next request, per table.
     next_lane: Vec<AtomicUsize>,
+    /// Set when the sink is added to a pipeline ([`Sink::register_metrics`]).
+    requests: std::sync::OnceLock<RequestMetrics>,
 }
 
 /// One append: the table and the batch indices of its rows.
@@ -115,6 +118,7 @@ impl BigQuerySink {
                 writer,
                 lanes,
                 next_lane,
+                requests: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -156,6 +160,7 @@ impl BigQuerySink {
             &inner.settings,
             rows,
             &req.indices,
+            inner.requests.get(),
         )
         .await
     }
@@ -257,6 +262,14 @@ async fn check(client: &BigQueryClient, s: &SinkSettings) -> Result<(), ConfigEr
 
 impl Sink<TableRow> for BigQuerySink {
     type Error = BigQueryError;
+
+    fn register_metrics(&mut self, metrics: &fluxo::MetricScope) {
+        // Set once: a sink is added to one pipeline step.
+        let _ = self
+            .inner
+            .requests
+            .set(RequestMetrics::new(metrics, "bigquery", "AppendRows"));
+    }
 
     async fn write(&self, batch: &SinkBatch<TableRow>) -> Result<(), WriteError<BigQueryError>> {
         let rows = batch.values();

@@ -12,6 +12,7 @@
 //! Hand-written on the generated gRPC client (`gcloud-googleapis`): the Rust crates that wrap the API
 //! open a new bidirectional call per append and track no offsets, which is the part that matters here.
 
+use crate::metrics::RequestMetrics;
 use std::time::{Duration, Instant};
 
 use fluxo::RetryConfig;
@@ -156,6 +157,20 @@ enum Attempt {
     NewStream(BigQueryError),
 }
 
+impl Attempt {
+    /// The request's outcome as the request metrics count it: an answer naming bad rows is a
+    /// request that worked; a refusal is fatal; anything that is sent again is retriable.
+    fn metric_outcome(&self) -> &'static str {
+        match self {
+            Attempt::Written | Attempt::RowErrors(_) => crate::metrics::OUTCOME_OK,
+            Attempt::Refused(_) => crate::metrics::OUTCOME_FATAL,
+            Attempt::Retry(_) | Attempt::Unknown(_) | Attempt::NewStream(_) => {
+                crate::metrics::OUTCOME_RETRIABLE
+            }
+        }
+    }
+}
+
 /// How an append ended: per-row failures (indices into the rows given), or a failure of all of them.
 pub(crate) type AppendOutcome = Result<Vec<(usize, BigQueryError)>, BigQueryError>;
 
@@ -181,6 +196,7 @@ impl Lane {
         s: &SinkSettings,
         rows: &[TableRow],
         indices: &[u32],
+        requests: Option<&RequestMetrics>,
     ) -> AppendOutcome {
         let mut failures = Vec::new();
         // Chunks still to write, as ranges of `indices`, last one on top.
@@ -188,7 +204,7 @@ impl Lane {
         while let Some((start, end)) = todo.pop() {
             let chunk: Vec<usize> = (start..end).collect();
             match self
-                .append_chunk(client, schema, s, rows, indices, chunk)
+                .append_chunk(client, schema, s, rows, indices, chunk, requests)
                 .await
             {
                 Ok(mut f) => failures.append(&mut f),
@@ -227,6 +243,7 @@ impl Lane {
 
     /// Writes the rows `chunk` (positions in `indices`) at the stream's next offset. Returns the row
     /// failures (positions in `indices`) or the error of the whole chunk.
+    #[allow(clippy::too_many_arguments)]
     async fn append_chunk(
         &mut self,
         client: &WriteClient,
@@ -235,6 +252,7 @@ impl Lane {
         rows: &[TableRow],
         indices: &[u32],
         mut chunk: Vec<usize>,
+        requests: Option<&RequestMetrics>,
     ) -> AppendOutcome {
         let deadline = Instant::now() + s.resolve_timeout;
         let mut failures = Vec::new();
@@ -244,9 +262,13 @@ impl Lane {
             if chunk.is_empty() {
                 return Ok(failures);
             }
+            let started = Instant::now();
             let outcome = self
                 .attempt(client, schema, s, rows, indices, &chunk, uncertain)
                 .await;
+            if let Some(requests) = requests {
+                requests.record_outcome(started, outcome.metric_outcome());
+            }
             let wait = match outcome {
                 Attempt::Written => {
                     if let Some((_, next)) = &mut self.stream {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fluxo::metrics::MetricScope;
 use fluxo::{Sink, SinkBatch, WriteError};
 use tokio::sync::Semaphore;
 
@@ -16,6 +17,7 @@ use super::config::{BigtableSinkConfig, ValidConfig};
 use super::encode::mutate_rows_request;
 use super::mutation::RowMutation;
 use crate::error::ConfigError;
+use crate::metrics::RequestMetrics;
 
 /// How often, at most, the sink re-reads the table's families after an element named an unknown one.
 const FAMILY_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
@@ -37,6 +39,8 @@ pub struct BigtableSink {
     families: Option<Mutex<Families>>,
     outstanding: Arc<Semaphore>,
     stats: SinkStats,
+    /// Set when the sink is added to a pipeline ([`Sink::register_metrics`]).
+    requests: Option<RequestMetrics>,
 }
 
 /// Counters of a [`BigtableSink`], shared with the caller (cheap to clone).
@@ -134,6 +138,7 @@ impl BigtableSink {
             families,
             outstanding: Arc::new(Semaphore::new(max_outstanding)),
             stats: SinkStats::default(),
+            requests: None,
             cfg: Arc::new(cfg),
         })
     }
@@ -300,13 +305,16 @@ impl BigtableSink {
             }
             Ok(failed)
         };
-        match tokio::time::timeout(self.cfg.timeout, call).await {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.cfg.timeout, call).await {
             Ok(r) => r,
             Err(_) => Err(BigtableError::Transport {
                 op: "MutateRows",
                 reason: format!("timed out after {} ms", self.cfg.timeout.as_millis()),
             }),
-        }
+        };
+        crate::metrics::record(self.requests.as_ref(), started, &result);
+        result
     }
 }
 
@@ -338,6 +346,10 @@ fn request_level(e: BigtableError) -> BigtableError {
 
 impl Sink<RowMutation> for BigtableSink {
     type Error = BigtableError;
+
+    fn register_metrics(&mut self, metrics: &MetricScope) {
+        self.requests = Some(RequestMetrics::new(metrics, "bigtable", "MutateRows"));
+    }
 
     async fn write(&self, batch: &SinkBatch<RowMutation>) -> Result<(), WriteError<BigtableError>> {
         let values = batch.values();

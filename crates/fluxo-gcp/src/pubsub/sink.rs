@@ -17,6 +17,7 @@ use super::config::{
 };
 use super::message::ToPubsub;
 use crate::error::{grpc_code_is_retriable, ConfigError};
+use crate::metrics::RequestMetrics;
 
 /// Protobuf framing counted per message and per attribute in the request size estimate.
 const MESSAGE_OVERHEAD: usize = 16;
@@ -81,6 +82,8 @@ impl ErrorClass for PubsubError {
 pub struct PubsubSink<T> {
     client: PubsubClient,
     settings: SinkSettings,
+    /// Set when the sink is added to a pipeline ([`Sink::register_metrics`]).
+    requests: Option<RequestMetrics>,
     _t: PhantomData<fn(T)>,
 }
 
@@ -103,6 +106,7 @@ impl<T: ToPubsub> PubsubSink<T> {
         Ok(PubsubSink {
             client,
             settings,
+            requests: None,
             _t: PhantomData,
         })
     }
@@ -164,6 +168,18 @@ impl<T: ToPubsub> PubsubSink<T> {
             messages,
         };
         let timeout = self.settings.request_timeout;
+        let started = std::time::Instant::now();
+        let result = self.publish_once(req, timeout, sent).await;
+        crate::metrics::record(self.requests.as_ref(), started, &result);
+        result
+    }
+
+    async fn publish_once(
+        &self,
+        req: PublishRequest,
+        timeout: Duration,
+        sent: usize,
+    ) -> Result<(), PubsubError> {
         match tokio::time::timeout(timeout, self.client.publish(req)).await {
             Err(_) => Err(PubsubError::Timeout {
                 op: "publish",
@@ -193,6 +209,10 @@ fn to_raw<T: ToPubsub>(v: &T, data: Bytes) -> RawMessage {
 
 impl<T: ToPubsub> Sink<T> for PubsubSink<T> {
     type Error = PubsubError;
+
+    fn register_metrics(&mut self, metrics: &fluxo::MetricScope) {
+        self.requests = Some(RequestMetrics::new(metrics, "pubsub", "Publish"));
+    }
 
     async fn write(&self, batch: &SinkBatch<T>) -> Result<(), WriteError<PubsubError>> {
         let mut failures: Vec<(usize, PubsubError)> = Vec::new();

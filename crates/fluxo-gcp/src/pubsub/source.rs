@@ -875,6 +875,10 @@ fn parse_event_time(v: &str) -> Option<Timestamp> {
 impl Source for PubsubSource {
     type Output = PubsubMessage;
 
+    fn register_metrics(&mut self, metrics: &fluxo::MetricScope) {
+        crate::metrics::register_pubsub_source(metrics, &self.stats);
+    }
+
     async fn run(self, mut ctx: SourceContext<PubsubMessage>) -> Result<(), BoxError> {
         let settings = self.settings.clone();
         let shared = Arc::new(Shared {

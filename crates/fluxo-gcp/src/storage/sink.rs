@@ -17,6 +17,7 @@ use super::format::{gzip, Format, Lines, Ndjson, RawObject, RawRecords};
 use super::naming::{partition_of, ObjectKey, ObjectNamer};
 use super::store::{StorageError, StorageErrorKind, Store};
 use crate::error::ConfigError;
+use crate::metrics::RequestMetrics;
 
 /// Writes batches of `T` as objects. Build it with [`StorageSink::json`], [`StorageSink::bytes`] or
 /// [`StorageSink::with_format`], then [`StorageSink::open`] it (which checks the bucket or directory).
@@ -26,6 +27,8 @@ pub struct StorageSink<T> {
     namer: Arc<dyn ObjectNamer>,
     settings: SinkSettings,
     extension: String,
+    /// Set when the sink is added to a pipeline ([`Sink::register_metrics`]).
+    requests: Option<RequestMetrics>,
 }
 
 /// A sink not opened yet: the format and naming are chosen, no request made.
@@ -125,6 +128,7 @@ impl<T: Data> StorageSinkBuilder<T> {
                 .unwrap_or_else(|| Arc::new(self.settings.naming.clone())),
             settings: self.settings,
             extension,
+            requests: None,
         }
     }
 }
@@ -238,11 +242,13 @@ impl<T: Data> StorageSink<T> {
             Ok(p) => p,
             Err(err) => return fail_rest(&g.indices, failures, err),
         };
-        match self
+        let started = std::time::Instant::now();
+        let result = self
             .store
             .put(&name, body, self.format.content_type())
-            .await
-        {
+            .await;
+        crate::metrics::record(self.requests.as_ref(), started, &result);
+        match result {
             Ok(()) => {
                 tracing::trace!(object = %name, records = g.indices.len(), "stored object");
                 failures
@@ -323,6 +329,10 @@ fn fail_rest(indices: &[usize], mut failures: GroupFailures, err: StorageError) 
 
 impl<T: Data> Sink<T> for StorageSink<T> {
     type Error = StorageError;
+
+    fn register_metrics(&mut self, metrics: &fluxo::MetricScope) {
+        self.requests = Some(RequestMetrics::new(metrics, "storage", "upload"));
+    }
 
     async fn write(&self, batch: &SinkBatch<T>) -> Result<(), WriteError<StorageError>> {
         if batch.is_empty() {
