@@ -361,6 +361,7 @@ impl<S: CheckpointStore> Poller<S> {
                     let status = resp.status();
                     let headers = resp.headers().clone();
                     if status.is_success() {
+                        ctx.metrics().set_connected(true);
                         let announced = resp.content_length();
                         match read_capped(chunks(resp), cap, announced).await {
                             Ok(Body::Whole(body)) => {
@@ -424,6 +425,8 @@ impl<S: CheckpointStore> Poller<S> {
                 // Without the URL: the message already starts with it, and it may be long.
                 Err(e) => error_chain(&e.without_url()),
             };
+            // Readiness: the API cannot be read right now.
+            ctx.metrics().set_connected(false);
             if attempt >= c.retry.max_attempts {
                 return Err(HttpSourceError::GaveUp {
                     url: url.to_string(),

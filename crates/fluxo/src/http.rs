@@ -29,6 +29,8 @@ use crate::metrics::{
 pub struct Health {
     ready: Arc<AtomicBool>,
     stalled: Arc<Mutex<Option<String>>>,
+    /// The sources whose connection readiness follows (label, handles).
+    sources: Arc<Mutex<Vec<(String, SourceMetrics)>>>,
 }
 
 impl Health {
@@ -37,9 +39,34 @@ impl Health {
         self.ready.store(ready, Ordering::Release);
     }
 
-    /// Whether the worker is ready.
+    /// Whether the worker is ready: set ready, and every watched source connected.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.not_ready().is_none()
+    }
+
+    /// Readiness also requires these sources to report themselves connected
+    /// ([`SourceMetrics::set_connected`]).
+    pub fn watch_sources(&self, sources: Vec<(String, SourceMetrics)>) {
+        *self.sources.lock().unwrap_or_else(|e| e.into_inner()) = sources;
+    }
+
+    /// Why the worker is not ready (`/readyz` answers 503 with this text), or `None` when it is.
+    pub fn not_ready(&self) -> Option<String> {
+        if !self.ready.load(Ordering::Acquire) {
+            return Some("not ready (starting or draining)".into());
+        }
+        let sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let down: Vec<&str> = sources
+            .iter()
+            .filter(|(_, m)| !m.is_connected())
+            .map(|(label, _)| label.as_str())
+            .collect();
+        (!down.is_empty()).then(|| {
+            format!(
+                "not ready: source {} cannot reach what it reads (its last request failed)",
+                down.join(", ")
+            )
+        })
     }
 
     /// Why the worker is not live (`/healthz` answers 503 with this text), or `None` when it is.
@@ -209,11 +236,10 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, String) {
     }
 }
 
-async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    if state.health.is_ready() {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
+    match state.health.not_ready() {
+        None => (StatusCode::OK, "ready".into()),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
     }
 }
 

@@ -56,6 +56,7 @@ pub(crate) async fn run(
         labels.push(label);
         handles.push(tokio::spawn(Guarded::new(fut)));
     }
+    health.watch_sources(runnable.sources.clone());
     health.set_ready(true);
     tracing::info!(pipeline = %runnable.name, steps = labels.len(), "pipeline running");
     let mut watch = options.stall_timeout.map(|after| {

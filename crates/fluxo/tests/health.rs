@@ -42,9 +42,19 @@ async fn wait_for(
     within: Duration,
     want: impl Fn(u16, &str) -> bool,
 ) -> (u16, String) {
+    wait_for_path(addr, "/healthz", within, want).await
+}
+
+/// Polls `path` until `want(status, body)` or the deadline; returns the last answer.
+async fn wait_for_path(
+    addr: SocketAddr,
+    path: &'static str,
+    within: Duration,
+    want: impl Fn(u16, &str) -> bool,
+) -> (u16, String) {
     let deadline = Instant::now() + within;
     loop {
-        let answer = tokio::task::spawn_blocking(move || get(addr, "/healthz"))
+        let answer = tokio::task::spawn_blocking(move || get(addr, path))
             .await
             .unwrap();
         if let Some((status, body)) = &answer {
@@ -118,6 +128,73 @@ async fn an_idle_worker_stays_live() {
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let (status, body) = wait_for(addr, Duration::from_secs(1), |_, _| true).await;
     assert_eq!((status, body.as_str()), (200, "ok"));
+    shutdown.trigger();
+    run.await.unwrap().unwrap();
+}
+
+/// A source that reports its connection as told by `connected`, and emits nothing until shutdown.
+struct Flaky {
+    connected: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl fluxo::Source for Flaky {
+    type Output = u64;
+
+    async fn run(self, ctx: fluxo::SourceContext<u64>) -> Result<(), fluxo::BoxError> {
+        loop {
+            ctx.metrics()
+                .set_connected(self.connected.load(std::sync::atomic::Ordering::Relaxed));
+            tokio::select! {
+                _ = ctx.shutdown().wait() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_sources_connection() {
+    let connected = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let p = Pipeline::new("ready");
+    let (sink, _out) = CollectingSink::new();
+    p.read(
+        "Subscription",
+        Flaky {
+            connected: connected.clone(),
+        },
+    )
+    .write("Collect", sink, SinkConfig::default());
+    let addr = free_addr();
+    let shutdown = Shutdown::new();
+    let run = tokio::spawn(p.run(RunOptions {
+        shutdown: shutdown.signal(),
+        metrics_addr: Some(addr),
+        ..RunOptions::default()
+    }));
+    let within = Duration::from_secs(10);
+    let ready = wait_for_path(addr, "/readyz", within, |s, _| s == 200).await;
+    assert_eq!(ready, (200, "ready".into()));
+
+    connected.store(false, std::sync::atomic::Ordering::Relaxed);
+    let down = wait_for_path(addr, "/readyz", within, |s, _| s == 503).await;
+    assert_eq!(down.0, 503);
+    assert!(
+        down.1.contains("source Subscription cannot reach"),
+        "{}",
+        down.1
+    );
+    // Liveness is a different question: the worker is not stuck.
+    assert_eq!(get(addr, "/healthz").map(|a| a.0), Some(200));
+    let metrics = get(addr, "/metrics").unwrap().1;
+    assert!(
+        metrics.contains("fluxo_source_connected{pipeline=\"ready\",step=\"Subscription\"} 0"),
+        "{metrics}"
+    );
+
+    connected.store(true, std::sync::atomic::Ordering::Relaxed);
+    let back = wait_for_path(addr, "/readyz", within, |s, _| s == 200).await;
+    assert_eq!(back, (200, "ready".into()));
+
     shutdown.trigger();
     run.await.unwrap().unwrap();
 }

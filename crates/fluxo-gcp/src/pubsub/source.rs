@@ -348,6 +348,8 @@ struct Shared {
     client: PubsubClient,
     settings: SourceSettings,
     stats: PubsubSourceStats,
+    /// The engine's handles of this source: pulls report the connection through it (readiness).
+    engine: fluxo::metrics::SourceMetrics,
     budget: Mutex<Budget>,
     freed: Notify,
     leases: Mutex<HashMap<u64, Lease>>,
@@ -564,6 +566,7 @@ async fn unary_puller(shared: Arc<Shared>, tx: mpsc::Sender<Pulled>) {
         match shared.client.subscriber().pull(req, no_retry()).await {
             Ok(resp) => {
                 errors = 0;
+                shared.engine.set_connected(true);
                 let msgs = resp.into_inner().received_messages;
                 shared.stats.0.pulls.fetch_add(1, Ordering::Relaxed);
                 if msgs.is_empty() {
@@ -608,6 +611,9 @@ async fn on_pull_error(
         .unwrap_or_else(|p| p.into_inner()) =
         Some(format!("{:?}: {}", status.code(), status.message()));
     // DeadlineExceeded on a long pull is how an empty subscription answers on some servers.
+    if status.code() != Code::DeadlineExceeded {
+        shared.engine.set_connected(false);
+    }
     if grpc_code_is_retriable(status.code()) {
         if status.code() != Code::DeadlineExceeded {
             tracing::warn!(subscription = %shared.settings.subscription, code = ?status.code(), message = status.message(), "Pub/Sub pull failed; retrying");
@@ -656,6 +662,7 @@ async fn streaming_puller(shared: Arc<Shared>, tx: mpsc::Sender<Pulled>) {
             match stream.message().await {
                 Ok(Some(resp)) => {
                     errors = 0;
+                    shared.engine.set_connected(true);
                     shared.stats.0.pulls.fetch_add(1, Ordering::Relaxed);
                     let msgs = resp.received_messages;
                     if msgs.is_empty() {
@@ -885,6 +892,7 @@ impl Source for PubsubSource {
             client: self.client,
             settings: self.settings,
             stats: self.stats,
+            engine: ctx.metrics().clone(),
             budget: Mutex::new(Budget::default()),
             freed: Notify::new(),
             leases: Mutex::new(HashMap::new()),

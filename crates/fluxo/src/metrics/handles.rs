@@ -77,6 +77,7 @@ pub struct SourceMetrics {
     /// Messages refused before entering the pipeline.
     pub rejected: Counter,
     idle: Gauge,
+    connected: Gauge,
     watermark: Arc<AtomicI64>,
 }
 
@@ -90,6 +91,12 @@ impl SourceMetrics {
             nacked: m.counter(&SOURCE_NACKED, l),
             rejected: m.counter(&SOURCE_REJECTED, l),
             idle: m.gauge(&SOURCE_IDLE, l),
+            connected: {
+                let connected = m.gauge(&SOURCE_CONNECTED, l);
+                // A source that never reports is taken as connected.
+                connected.set(1);
+                connected
+            },
             watermark: m.watermark_cell(&SOURCE_WATERMARK, &SOURCE_WATERMARK_LAG, step),
         }
     }
@@ -109,6 +116,17 @@ impl SourceMetrics {
     /// Marks the source idle (its watermark is ignored downstream) or active.
     pub fn set_idle(&self, idle: bool) {
         self.idle.set(i64::from(idle));
+    }
+
+    /// Reports whether the source reaches what it reads: `false` after a failed request (the
+    /// worker's `/readyz` then fails, naming the source), `true` after a successful one.
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.set(i64::from(connected));
+    }
+
+    /// Whether the source last reported itself connected.
+    pub fn is_connected(&self) -> bool {
+        self.connected.get() != 0
     }
 }
 

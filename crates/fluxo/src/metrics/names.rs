@@ -107,6 +107,13 @@ pub const SOURCE_IDLE: Def = Def::gauge(
     &["step"],
 );
 
+/// Whether a source reaches what it reads (label `step`).
+pub const SOURCE_CONNECTED: Def = Def::gauge(
+    "fluxo_source_connected",
+    "1 while the source reaches what it reads (its last request succeeded), 0 after a failed one; /readyz fails while a source is at 0",
+    &["step"],
+);
+
 /// Elements durably written by a sink (label `step`).
 pub const SINK_WRITTEN: Def = Def::counter(
     "fluxo_sink_written_elements",
@@ -215,6 +222,7 @@ pub const ALL: &[Def] = &[
     SOURCE_NACKED,
     SOURCE_REJECTED,
     SOURCE_IDLE,
+    SOURCE_CONNECTED,
     SINK_WRITTEN,
     SINK_FAILED,
     SINK_RETRIES,
