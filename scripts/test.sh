@@ -2,8 +2,9 @@
 # The whole test suite: formatting, lints, every test of the workspace (unit, integration, doc tests),
 # a bounded fuzzing run of every fuzz target (FUZZ_SECONDS per target, default 60), then the deployment
 # checks: Terraform (scripts/check-infra.sh), both container images run against the emulators
-# (scripts/check-image.sh; it starts a Docker engine when none runs) and the Kubernetes overlays
-# (scripts/check-k8s.sh, with the release binaries the image check built).
+# (scripts/check-image.sh; it starts a Docker engine when none runs), the Kubernetes overlays
+# (scripts/check-k8s.sh, with the release binaries the image check built) and the monitoring
+# (scripts/check-monitoring.sh: rules and their unit tests, the dashboard, a real Prometheus).
 # Usage: ./scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,3 +48,6 @@ step "deployment: container images, built and run against the emulators (scripts
 
 step "deployment: Kubernetes overlays (kubectl kustomize, strict schemas, tests/deploy/test_k8s.py)"
 ./scripts/check-k8s.sh --bin-dir target/release
+
+step "monitoring: promtool check/test rules, dashboard, a real Prometheus on the running stack (scripts/check-monitoring.sh)"
+./scripts/check-monitoring.sh

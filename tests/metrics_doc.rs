@@ -35,6 +35,11 @@ fn sections() -> Vec<(&'static str, &'static str, &'static [Def])> {
             fluxo_http::metrics::ALL,
         ),
         (
+            "Ingest job (`ingest::metrics`)",
+            "Registered by `ingest run` and `ingest serve` (which keeps one registry for every run and serves it at `/metrics` on its own port); every outcome has a series from the start.",
+            ingest::metrics::ALL,
+        ),
+        (
             "Invoices pipeline (`invoices::metrics`)",
             "`code` is one of the stable error codes of docs/validation.md (every code has a series from the start); `invoices_publish_to_sink_seconds` has one series per sink step (`Bigtable`, `BigQuery`, `RawArchive`, `RawArchiveLate`, `ProcessedArchive`, `DeadLetterArchive`, `DeadLetterTopic`).",
             invoices::metrics::ALL,

@@ -313,6 +313,7 @@ def test_renders_the_expected_objects(overlay, docs):
             ("ExternalSecret", "invoice-api"),
             ("NetworkPolicy", "ingest"),
             ("PodMonitoring", "ingest"),
+            ("Rules", "fluxo-rules"),
         ]
     )
     # deploy-settings is local configuration: read by the replacements, never applied.
@@ -706,16 +707,18 @@ def test_schema_validation_passes_and_rejects_mistakes():
     docs = render("k8s/overlays/prod")
     errors, summary = k8s_validate.validate_documents(docs, ("1.30.0",))
     assert not errors, errors
-    assert summary["custom"] == {"PodMonitoring": 2, "SecretStore": 1, "ExternalSecret": 1}
+    assert summary["custom"] == {"PodMonitoring": 2, "SecretStore": 1, "ExternalSecret": 1, "Rules": 1}
 
     bad = copy.deepcopy(docs)
     pod_spec(one(bad, "Deployment"))["containers"][0]["securityContext"]["readOnlyRootFileSystem"] = True
     one(bad, "ExternalSecret")["spec"]["target"]["creationPolicy"] = "Owned"
     one(bad, "PodMonitoring", "invoices")["spec"]["endpoints"][0]["intervall"] = "30s"
+    one(bad, "Rules")["spec"]["groups"][0]["rules"][-2]["for"] = "five minutes"
     bad.append({"apiVersion": "example.com/v1", "kind": "Unknown", "metadata": {"name": "x"}})
     errors, _ = k8s_validate.validate_documents(bad, ("1.30.0",))
     text = "\n".join(errors)
     assert "readOnlyRootFileSystem" in text
     assert "'Owned' is not one of" in text
     assert "intervall" in text
+    assert "'five minutes' does not match" in text
     assert "Couldn't find schema for kind Unknown" in text
