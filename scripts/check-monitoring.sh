@@ -128,18 +128,25 @@ step "ingest: POST /run on the feed of 5,000 invoices"
 ingest_run main curl -fsS -X POST "http://127.0.0.1:$port_ingest/run"
 wait_acked 180
 
+# A second reference API with its own data (`invoice-api` flags after the name), ingested once by
+# `ingest run` under its own source name (its own checkpoint), as a CronJob would.
+feed_token="local-$RANDOM$RANDOM"
+feed() {  # $1 = name; the rest: invoice-api flags
+  local name=$1; shift
+  "$bin/invoice-api" --listen 127.0.0.1:0 --token "$feed_token" "$@" >"$work/$name-api.out" 2>"$work/$name-api.log" &
+  pids+=($!)
+  for _ in $(seq 1 50); do grep -q 'serving' "$work/$name-api.out" 2>/dev/null && break; sleep 0.1; done
+  local url
+  url="$(sed -n 's/.* on \(http:[^ ]*\)$/\1/p' "$work/$name-api.out")"
+  ingest_run "$name" env INVOICE_API_TOKEN="$feed_token" "$bin/ingest" run --api-url "$url/invoices/feed" \
+    --page-size 500 --source-name "$name-feed"
+}
+
 step "every rule and dashboard expression, queried on Prometheus"
 "$py" scripts/monitoring.py query "$prom" --within 90
 
 step "dead letters: a feed of 2,000 records, 90% malformed"
-export BAD_API_TOKEN="local-$RANDOM$RANDOM"
-"$bin/invoice-api" --listen 127.0.0.1:0 --count 2000 --seed 7 --malformed-share 0.9 --token "$BAD_API_TOKEN" \
-  >"$work/bad-api.out" 2>"$work/bad-api.log" &
-pids+=($!)
-for _ in $(seq 1 50); do grep -q 'serving' "$work/bad-api.out" 2>/dev/null && break; sleep 0.1; done
-bad_url="$(sed -n 's/.* on \(http:[^ ]*\)$/\1/p' "$work/bad-api.out")"
-ingest_run bad env INVOICE_API_TOKEN="$BAD_API_TOKEN" "$bin/ingest" run --api-url "$bad_url/invoices/feed" \
-  --page-size 500 --source-name bad-feed
+feed bad --count 2000 --seed 7 --malformed-share 0.9
 "$py" scripts/monitoring.py wait-alert "$prom" InvoicesDeadLetterRate --within 120
 wait_acked 120
 
@@ -149,13 +156,7 @@ mapfile -t frozen < <(pgrep -f fake-gcs-server || true)
 thaw() { kill -CONT "${frozen[@]}" 2>/dev/null || true; }
 trap 'thaw; cleanup' EXIT INT TERM
 kill -STOP "${frozen[@]}"
-"$bin/invoice-api" --listen 127.0.0.1:0 --count 5000 --seed 9 --token "$BAD_API_TOKEN" \
-  >"$work/more-api.out" 2>"$work/more-api.log" &
-pids+=($!)
-for _ in $(seq 1 50); do grep -q 'serving' "$work/more-api.out" 2>/dev/null && break; sleep 0.1; done
-more_url="$(sed -n 's/.* on \(http:[^ ]*\)$/\1/p' "$work/more-api.out")"
-ingest_run more env INVOICE_API_TOKEN="$BAD_API_TOKEN" "$bin/ingest" run --api-url "$more_url/invoices/feed" \
-  --page-size 500 --source-name more-feed
+feed more --count 5000 --seed 9
 "$py" scripts/monitoring.py wait-alert "$prom" InvoicesNoProgress --within 120
 thaw
 step "thawed: the backlog drains"

@@ -257,6 +257,45 @@ async fn fifty_thousand_invoices_arrive_exactly_once_with_their_attributes() {
         value(r#"ingest_runs_total{pipeline="ingest",outcome="failed"}"#),
         Some(0.0)
     );
+    // Compliance: the job exports every family of the components it is made of, and nothing
+    // undeclared.
+    let exported: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    let declared = |defs: &[fluxo::metrics::Def]| -> Vec<String> {
+        defs.iter().map(|d| d.exposed_name()).collect()
+    };
+    let required: Vec<String> = [
+        declared(fluxo_http::metrics::ALL),
+        declared(ingest::metrics::ALL),
+        declared(fluxo::metrics::process::ALL),
+        declared(&[
+            fluxo_gcp::metrics::REQUESTS,
+            fluxo_gcp::metrics::REQUEST_DURATION,
+        ]),
+    ]
+    .concat();
+    for name in &required {
+        assert!(
+            exported.contains(name.as_str()),
+            "{name} is not exported:\n{text}"
+        );
+    }
+    let known: Vec<String> = [
+        declared(fluxo::metrics::names::ALL),
+        declared(fluxo::metrics::process::ALL),
+        declared(fluxo_gcp::metrics::ALL),
+        declared(fluxo_http::metrics::ALL),
+        declared(ingest::metrics::ALL),
+    ]
+    .concat();
+    for name in &exported {
+        assert!(
+            known.iter().any(|k| k == name),
+            "{name} is exported but declared nowhere"
+        );
+    }
     let published = r#"fluxo_gcp_requests_total{pipeline="ingest",step="PublishInvoices",service="pubsub",method="Publish",outcome="ok"}"#;
     assert!(value(published).is_some_and(|n| n >= 50.0), "{text}");
     // A second run finds nothing new and publishes nothing.
