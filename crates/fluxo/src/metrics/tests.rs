@@ -610,3 +610,26 @@ fn process_series_read_proc() {
     let max = value("process_max_fds").unwrap_or(0.0);
     assert!(max >= value("process_open_fds").unwrap_or(f64::MAX));
 }
+
+/// The series counts docs/metrics.md states ("Cost"), counted on the exposition.
+#[test]
+fn series_per_component_as_documented() {
+    let samples = |text: &str| text.lines().filter(|l| !l.starts_with('#')).count();
+    let base = samples(&Metrics::new("p").encode());
+    let one = |add: &dyn Fn(&Metrics)| {
+        let m = Metrics::new("p");
+        add(&m);
+        samples(&m.encode()) - base
+    };
+    let step = one(&|m| m.step("s").set_watermark(now_micros()));
+    let source = one(&|m| m.source("s").set_watermark(now_micros()));
+    let sink = one(&|m| {
+        m.sink("s");
+    });
+    let buffer = one(&|m| {
+        m.buffer("a", "b");
+    });
+    assert_eq!((step, source, sink, buffer), (48, 8, 72, 6));
+    // The build information and, on Linux, the 8 process series.
+    assert_eq!(base, if cfg!(target_os = "linux") { 9 } else { 1 });
+}
