@@ -662,7 +662,7 @@ INVOICES_USES = (
                                                       (f"{P}/source.rs", "lease_extender", "send_modack(&shared, ids, seconds)"))),
     Use("GetTopic", "dead_letter_topic", _chain(*_DL_TOPIC, (f"{P}/sink.rs", "PubsubSink::connect", "client.check_topic(&settings.topic)"),
                                                   (f"{P}/client.rs", "PubsubClient::check_topic", "self.topic_exists(&path)"))),
-    Use("Publish", "dead_letter_topic", _chain(*_DL_TOPIC, (f"{P}/sink.rs", "PubsubSink::publish", "self.client.publish(req)"))),
+    Use("Publish", "dead_letter_topic", _chain(*_DL_TOPIC, (f"{P}/sink.rs", "PubsubSink::publish_once", "self.client.publish(req)"))),
     Use("GetTable", "bigtable_table", _chain(*_BT, (f"{BT}/sink.rs", "BigtableSink::connect", "admin.get_table(&cfg.table, cfg.connect_timeout)"))),
     Use("MutateRows", "bigtable_table", _chain(*_BT, (f"{BT}/sink.rs", None, "self.client.mutate_rows(body, self.cfg.timeout)"))),
     Use("datasets.get", "bigquery_dataset", _chain(*_BQ, (f"{BQ}/sink.rs", "BigQuerySink::connect", "check(&client, &settings)"),
@@ -684,19 +684,19 @@ INVOICES_USES = (
 )
 
 INGEST_USES = tuple(
-    Use(api, var, _chain((INGEST_LIB, "run", f"PubsubSink::<PubsubOut>::connect(&cfg.{field})"),
+    Use(api, var, _chain((INGEST_LIB, "run_registered", f"PubsubSink::<PubsubOut>::connect(&cfg.{field})"),
                          (INGEST_MAIN, "Opts::to_config", f"{field}: topic(&self.{field})"), *extra))
     for field, var in (("topic", "topic"), ("dead_letter_topic", "dead_letter_topic"))
     for api, extra in (
         ("GetTopic", ((f"{P}/sink.rs", "PubsubSink::connect", "client.check_topic(&settings.topic)"),)),
-        ("Publish", ((f"{P}/sink.rs", "PubsubSink::publish", "self.client.publish(req)"),)),
+        ("Publish", ((f"{P}/sink.rs", "PubsubSink::publish_once", "self.client.publish(req)"),)),
     )
 ) + (
-    Use("ReadRows", "checkpoint_table", _chain((INGEST_LIB, "run", "BigtableCheckpointStore::connect(&cfg.checkpoint"),
+    Use("ReadRows", "checkpoint_table", _chain((INGEST_LIB, "run_registered", "BigtableCheckpointStore::connect(&cfg.checkpoint"),
                                                (INGEST_MAIN, "Opts::to_config", "table: self.checkpoint_table.clone()"),
                                                (INGEST_CHECKPOINT, "BigtableCheckpointStore::row", ".read_row(self.key.clone())"),
                                                (f"{BT}/reader.rs", "BigtableReader::read_row", "self.read(rows, 1)"))),
-    Use("CheckAndMutateRow", "checkpoint_table", _chain((INGEST_LIB, "run", "BigtableCheckpointStore::connect(&cfg.checkpoint"),
+    Use("CheckAndMutateRow", "checkpoint_table", _chain((INGEST_LIB, "run_registered", "BigtableCheckpointStore::connect(&cfg.checkpoint"),
                                                         (INGEST_CHECKPOINT, "BigtableCheckpointStore::cas", ".compare_and_set(self.key.clone()"),
                                                         (f"{BT}/reader.rs", "BigtableReader::compare_and_set", "self.check_and_mutate("))),
     # The token: INVOICE_API_TOKEN (--token-env's default), injected from Secret Manager by the
@@ -729,7 +729,7 @@ WORKER_CODE = {
     "invoices": [(IL, "run_stream"), (IL, "run_replay"), (IL, "open_sinks"), (INVOICES_GRAPH, None),
                  (f"{BQ}/sink.rs", None), (f"{BQ}/write.rs", None), (f"{BT}/sink.rs", None),
                  (f"{P}/source.rs", None), (f"{P}/sink.rs", None), (f"{ST}/sink.rs", None), (f"{ST}/source.rs", None)],
-    "ingest": [(INGEST_LIB, "run"), (INGEST_CHECKPOINT, None)],
+    "ingest": [(INGEST_LIB, "run"), (INGEST_LIB, "run_in"), (INGEST_LIB, "run_registered"), (INGEST_CHECKPOINT, None)],
 }
 OPERATOR_ONLY = ("provision(", "provision_table(", "create_topic(", "create_subscription(", "delete_topic(",
                  "delete_subscription(", "create_dataset(", "create_table(", ".query(", "view_query(",
