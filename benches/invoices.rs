@@ -500,14 +500,14 @@ fn bigtable_batch() -> SinkConfig {
 
 /// The pipeline's validation output -> row step -> Bigtable, dead letters discarded.
 fn validated_into_bigtable(
-    validated: fluxo::Tagged<Arc<nfe::Invoice>, Arc<nfe::DeadLetter>>,
+    validated: fluxo::Tagged<fluxo::Shared<nfe::Invoice>, fluxo::Shared<nfe::DeadLetter>>,
     layout: nfe::BigtableLayout,
     sink: BigtableSink,
 ) {
     validated
         .main
         .parallel(threads())
-        .flat_map("BigtableRows", move |inv: Arc<nfe::Invoice>| {
+        .flat_map("BigtableRows", move |inv: fluxo::Shared<nfe::Invoice>| {
             graph::bigtable_mutations(&layout, &inv)
         })
         .write("Bigtable", sink, bigtable_batch());

@@ -641,7 +641,11 @@ async fn source_replays(config: StorageSinkConfig, store: Store, endpoint: Optio
     let (collect, counts) = CollectingSink::new();
     let p = Pipeline::new("replay-windowed");
     p.read("Replay", source)
-        .window_into("Hourly", Windowing::fixed(Duration::from_secs(3600)))
+        // A bounded replay ends with the watermark at the end of time: nothing is late.
+        .window_into(
+            "Hourly",
+            Windowing::fixed(Duration::from_secs(3600)).drop_late(),
+        )
         .key_by("Key", |_: &Rec| 0u8)
         .count_per_key("Count")
         .write("Collect", collect, SinkConfig::default());

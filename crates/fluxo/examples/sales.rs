@@ -88,11 +88,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sales = p
         .read("ReadLines", IterSource::new(input.into_iter()))
         .par_do("Parse", ParseSale);
-    sales
+    let (totals, late) = sales
         .main
         .window_into("Hourly", Windowing::fixed(Duration::from_secs(3600)))
-        .combine_per_key("SumPerStore", Sum::<u64>::default())
-        .write("PrintTotals", Print("total"), SinkConfig::default());
+        .combine_per_key_with_late("SumPerStore", Sum::<u64>::default());
+    totals.write("PrintTotals", Print("total"), SinkConfig::default());
+    // Sales that arrive after their hour closed are kept apart, never dropped silently.
+    late.write("PrintLate", Print("late sale"), SinkConfig::default());
     sales.dead_letters.write(
         "PrintDeadLetters",
         Print("dead letter"),

@@ -1,8 +1,10 @@
 //! Buffers between steps, bounded by element count and by bytes.
 //!
 //! A batch is admitted once permits for its elements and bytes are available; the receiver returns them
-//! as it takes the batch. A batch larger than the whole bound is admitted alone (its request is clamped to
-//! the bound), so one oversized batch never deadlocks a step. Each channel has exactly one producing step,
+//! as it takes the batch. A batch larger than the bound (a `flat_map` that turned 1,024 invoices into a
+//! million rows) is sent in chunks that fit, each waiting for room; only a single element larger than
+//! the whole byte bound is admitted alone (its request clamped to the bound), so it never deadlocks a
+//! step. Each channel has exactly one producing step,
 //! so taking the two permit kinds one after the other cannot deadlock.
 //!
 //! Hand-written on top of tokio's semaphore and unbounded MPSC queue because tokio's bounded channel
@@ -123,8 +125,45 @@ impl<T: Data> Sender<T> {
         if batch.is_empty() {
             return Ok(());
         }
+        let bytes = batch_bytes(&batch);
+        let bound = self.bounds.config;
+        if batch.len() > 1
+            && (batch.len() > bound.max_elements as usize || bytes > bound.max_bytes as usize)
+        {
+            return self.send_in_chunks(batch).await;
+        }
+        self.send_fitting(batch, bytes).await
+    }
+
+    /// Sends a batch above the bound as consecutive chunks within it (a single element above the byte
+    /// bound forms a chunk of its own). After a failure, the elements not sent are marked errored.
+    async fn send_in_chunks(&self, batch: Vec<Element<T>>) -> Result<(), Disconnected> {
+        let max_elements = self.bounds.config.max_elements as usize;
+        let max_bytes = self.bounds.config.max_bytes as usize;
+        let mut rest = batch.into_iter();
+        let mut chunk = Vec::new();
+        let mut chunk_bytes = 0usize;
+        while let Some(e) = rest.next() {
+            let b = e.value.size_bytes();
+            if !chunk.is_empty() && (chunk.len() >= max_elements || chunk_bytes + b > max_bytes) {
+                let full = std::mem::take(&mut chunk);
+                if let Err(e2) = self.send_fitting(full, chunk_bytes).await {
+                    e.finalizers.update(Status::Errored);
+                    fail(rest.collect());
+                    return Err(e2);
+                }
+                chunk_bytes = 0;
+            }
+            chunk_bytes += b;
+            chunk.push(e);
+        }
+        self.send_fitting(chunk, chunk_bytes).await
+    }
+
+    /// Sends a batch within the bound (or a single element above it), waiting for room.
+    async fn send_fitting(&self, batch: Vec<Element<T>>, bytes: usize) -> Result<(), Disconnected> {
         let n = u32::try_from(batch.len()).unwrap_or(u32::MAX);
-        let bytes = u32::try_from(batch_bytes(&batch)).unwrap_or(u32::MAX);
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
         let want_n = n.min(self.bounds.config.max_elements);
         let want_b = bytes.min(self.bounds.config.max_bytes);
         let acquired = async {

@@ -245,10 +245,92 @@ impl<T: Data> Data for Box<T> {
     }
 }
 
-impl<T: Send + Sync + ?Sized + 'static> Data for Arc<T> {
-    /// Shared values are counted once by their owner; a handle costs its pointer.
+/// A shared value is kept alive by all its handles, so each handle counts its share: the value's size
+/// divided by the handles alive when it is counted. The handles of one value in flight add up to the
+/// value's size, whether 1 or 990 elements hold it. Walks the value on every count: for large values
+/// held by many elements, [`Shared`] measures once.
+impl<T: Data> Data for Arc<T> {
     fn size_bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
+        std::mem::size_of::<Self>() + (**self).size_bytes() / Arc::strong_count(self)
+    }
+}
+
+impl Data for Arc<str> {
+    fn size_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.len() / Arc::strong_count(self)
+    }
+}
+
+impl<T: Data> Data for Arc<[T]> {
+    fn size_bytes(&self) -> usize {
+        let all: usize = self.iter().map(Data::size_bytes).sum();
+        std::mem::size_of::<Self>() + all / Arc::strong_count(self)
+    }
+}
+
+/// A value shared by several elements (the branches of a fan-out, the lines of one invoice), with its
+/// size measured once when it is created.
+///
+/// Buffers and sink batches are bounded by the bytes their elements keep alive. A handle keeps the
+/// whole value alive, so each handle counts its share, the size divided by the handles alive when it is
+/// counted: a value split into 990 elements counts once in a buffer that holds them all, not 990
+/// times, and not as a pointer. Cloning is an atomic increment.
+pub struct Shared<T> {
+    inner: Arc<SharedInner<T>>,
+}
+
+struct SharedInner<T> {
+    value: T,
+    bytes: usize,
+}
+
+impl<T: Data> Shared<T> {
+    /// Shares `value`, measured by [`Data::size_bytes`].
+    pub fn new(value: T) -> Self {
+        let bytes = value.size_bytes();
+        Self::with_size(value, bytes)
+    }
+}
+
+impl<T> Shared<T> {
+    /// Shares a value of a type that is not [`Data`] itself (a domain type of another crate) with
+    /// its approximate memory, heap included.
+    pub fn with_size(value: T, bytes: usize) -> Self {
+        Shared {
+            inner: Arc::new(SharedInner { value, bytes }),
+        }
+    }
+
+    /// The size given or measured at creation.
+    pub fn value_bytes(&self) -> usize {
+        self.inner.bytes
+    }
+}
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Shared {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<T> std::ops::Deref for Shared<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.inner.value
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.value.fmt(f)
+    }
+}
+
+impl<T: Send + Sync + 'static> Data for Shared<T> {
+    fn size_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.inner.bytes / Arc::strong_count(&self.inner)
     }
 }
 
@@ -285,5 +367,24 @@ mod tests {
         assert_eq!("abc".to_string().size_bytes(), 24 + 3);
         assert_eq!(vec![1u8, 2, 3].size_bytes(), 24 + 3);
         assert_eq!((1u32, 2u64).size_bytes(), 12);
+    }
+
+    #[test]
+    fn shared_values_count_once_over_their_handles() {
+        let one = Arc::new("abc".to_string());
+        assert_eq!(one.size_bytes(), 8 + 24 + 3);
+        assert_eq!(Arc::<str>::from("abcd").size_bytes(), 16 + 4);
+        assert_eq!(Arc::<[u8]>::from(vec![1u8; 5]).size_bytes(), 16 + 5);
+        let text = Arc::new("x".repeat(990));
+        let handles = vec![Arc::clone(&text); 9];
+        // 10 handles: each counts a tenth of 24 + 990 bytes.
+        assert_eq!(handles[0].size_bytes(), 8 + 1014 / 10);
+        let big = Shared::with_size((), 990_000);
+        let lines: Vec<Shared<()>> = (0..990).map(|_| big.clone()).collect();
+        drop(big);
+        let total: usize = lines.iter().map(Data::size_bytes).sum();
+        assert_eq!(total, 990 * 8 + 990_000);
+        assert_eq!(Shared::new("abc".to_string()).size_bytes(), 8 + 27);
+        assert_eq!(Shared::new(7u64).value_bytes(), 8);
     }
 }

@@ -14,8 +14,9 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::hash::{DefaultHasher, Hasher};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -122,8 +123,37 @@ pub struct Outcomes {
     pub failures: Vec<Failure>,
 }
 
+/// Numbers acknowledgement batches: every batch a source opens is one delivery of its records.
+static DELIVERIES: AtomicU64 = AtomicU64::new(1);
+
+/// The identity of a source record in one delivery of it: `id` is the same every time the source
+/// delivers the record again (a Pub/Sub message id), `delivery` differs from one delivery to the next.
+/// Grouping steps with accumulating panes use it so that a redelivered record is counted once (see
+/// [`ack_batch_with_ids`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RecordId {
+    /// The record's identity, stable across redeliveries (a hash of the source's own id; see
+    /// [`record_id`]).
+    pub id: u64,
+    /// The acknowledgement batch this copy was delivered in.
+    pub delivery: u64,
+}
+
+/// Hashes a source's own record identifier (a Pub/Sub message id, an object name and offset) into the
+/// 64-bit id [`ack_batch_with_ids`] takes. Stable within a process, which is as long as the grouping
+/// state that compares ids lives. Two different records collide with probability about 2^-64 per pair.
+pub fn record_id(key: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    h.write(key);
+    h.finish()
+}
+
 struct Shared {
     slots: Box<[Slot]>,
+    /// This batch's delivery number ([`RecordId::delivery`]).
+    delivery: u64,
+    /// Record ids in slot order, or empty when the source did not supply them.
+    ids: Box<[u64]>,
     pending: AtomicUsize,
     notify: Mutex<Option<oneshot::Sender<Outcomes>>>,
     /// Reasons of failed copies, one entry per slot, allocated on the first failure (empty while
@@ -186,6 +216,19 @@ pub struct AckReceiver {
 /// element (index order) and awaits the [`AckReceiver`] to learn every element's outcome. A batch of zero
 /// elements resolves immediately with an empty list.
 pub fn ack_batch(len: usize) -> (Vec<Finalizer>, AckReceiver) {
+    open_batch(len, Box::default())
+}
+
+/// [`ack_batch`] for a source whose records have an identity that survives redelivery (`ids[i]` for
+/// the `i`-th finalizer, usually [`record_id`] of the source's own id). Steps downstream see it as
+/// [`Finalizer::record`]: an accumulating grouping step then adds a redelivered record's value once,
+/// however many times the record is delivered while its window is open.
+pub fn ack_batch_with_ids(ids: Vec<u64>) -> (Vec<Finalizer>, AckReceiver) {
+    let len = ids.len();
+    open_batch(len, ids.into_boxed_slice())
+}
+
+fn open_batch(len: usize, ids: Box<[u64]>) -> (Vec<Finalizer>, AckReceiver) {
     let (tx, rx) = oneshot::channel();
     let slots: Box<[Slot]> = (0..len)
         .map(|_| Slot {
@@ -195,6 +238,8 @@ pub fn ack_batch(len: usize) -> (Vec<Finalizer>, AckReceiver) {
         .collect();
     let shared = Arc::new(Shared {
         slots,
+        delivery: DELIVERIES.fetch_add(1, Ordering::Relaxed),
+        ids,
         pending: AtomicUsize::new(len),
         notify: Mutex::new(Some(tx)),
         failures: Mutex::new(Vec::new()),
@@ -258,6 +303,15 @@ pub struct Finalizer {
 impl Finalizer {
     fn slot(&self) -> &Slot {
         &self.shared.slots[self.idx as usize]
+    }
+
+    /// The record this finalizer belongs to, when its source supplied record ids
+    /// ([`ack_batch_with_ids`]).
+    pub fn record(&self) -> Option<RecordId> {
+        self.shared.ids.get(self.idx as usize).map(|&id| RecordId {
+            id,
+            delivery: self.shared.delivery,
+        })
     }
 
     /// Records the outcome of this copy; the worst outcome over all copies wins.
@@ -354,6 +408,15 @@ impl Finalizers {
                 fs.push(f);
                 *self = Finalizers::Many(fs);
             }
+        }
+    }
+
+    /// The record of an element derived from exactly one source record that has an id; `None` for
+    /// untracked elements and aggregates.
+    pub fn record(&self) -> Option<RecordId> {
+        match self {
+            Finalizers::One(f) => f.record(),
+            _ => None,
         }
     }
 
@@ -457,6 +520,23 @@ mod tests {
                 reason: Arc::from("BigQuery: invalid row"),
             }]
         );
+    }
+
+    #[test]
+    fn record_ids_are_stable_per_record_and_distinct_per_delivery() {
+        let ids = vec![record_id(b"m-1"), record_id(b"m-2")];
+        assert_ne!(ids[0], ids[1]);
+        let (first, _rx1) = ack_batch_with_ids(ids.clone());
+        let (again, _rx2) = ack_batch_with_ids(vec![ids[0]]);
+        let (a, b) = (first[0].record().unwrap(), first[1].record().unwrap());
+        let a2 = again[0].record().unwrap();
+        assert_eq!((a.id, b.id, a2.id), (ids[0], ids[1], ids[0]));
+        assert_eq!(a.delivery, b.delivery);
+        assert_ne!(a.delivery, a2.delivery);
+        assert_eq!(first[0].clone().record(), Some(a));
+        let (plain, _rx3) = ack_batch(1);
+        assert_eq!(plain[0].record(), None);
+        assert_eq!(Finalizers::None.record(), None);
     }
 
     #[tokio::test]

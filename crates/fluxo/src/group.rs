@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use crate::channel::Watermark;
 use crate::combine::CombineFn;
 use crate::element::{Data, Element, PaneInfo, Timestamp, Timing, Window};
-use crate::finalizer::Finalizers;
-use crate::metrics::StepMetrics;
+use crate::finalizer::{Finalizers, RecordId};
+use crate::metrics::{Counter, StepMetrics};
 use crate::operator::{Operator, Output};
 use crate::window::{Accumulation, EarlyFiring, LatePolicy, Windowing};
 
@@ -24,6 +24,7 @@ impl<A> Pane<A> {
             window,
             acc,
             finalizers: Finalizers::None,
+            seen: HashMap::new(),
             count: 0,
             fired: 0,
             on_time_fired: false,
@@ -35,7 +36,12 @@ struct Pane<A> {
     window: Window,
     acc: A,
     finalizers: Finalizers,
-    /// Elements added since the last firing.
+    /// Records whose value is in `acc`: record id -> the delivery it was added from. A later delivery
+    /// of the same record (a redelivery after a nack) is not added again. Filled only for sources that
+    /// supply record ids; cleared with `acc` when a discarding pane fires.
+    seen: HashMap<u64, u64>,
+    /// Elements added since the last firing (redelivered ones included: their finalizers wait for the
+    /// next firing).
     count: u64,
     /// Panes emitted so far.
     fired: u32,
@@ -53,6 +59,8 @@ pub(crate) struct GroupOp<K, V, C: CombineFn<V>> {
     main: Output<(K, C::Out)>,
     late: Output<(K, V)>,
     metrics: StepMetrics,
+    /// Redelivered records whose value the pane already held.
+    redelivered: Counter,
     /// Panes touched by late data in the current batch.
     dirty: Vec<(K, Window)>,
 }
@@ -69,6 +77,7 @@ where
         main: Output<(K, C::Out)>,
         late: Output<(K, V)>,
         metrics: StepMetrics,
+        redelivered: Counter,
     ) -> Self {
         GroupOp {
             combine,
@@ -80,6 +89,7 @@ where
             main,
             late,
             metrics,
+            redelivered,
             dirty: Vec::new(),
         }
     }
@@ -113,6 +123,7 @@ where
         value: V,
         window: Window,
         finalizers: Finalizers,
+        record: Option<RecordId>,
     ) -> Option<Element<(K, C::Out)>> {
         let merging = self.windowing.window_fn.is_merging();
         if !self.state.contains_key(&key) {
@@ -132,6 +143,7 @@ where
                     merged.window = merged.window.span(&p.window);
                     self.combine.merge(&mut merged.acc, p.acc);
                     merged.finalizers.merge(p.finalizers);
+                    merged.seen.extend(p.seen);
                     merged.count += p.count;
                     merged.fired = merged.fired.max(p.fired);
                     absorbed_fired |= p.on_time_fired;
@@ -160,7 +172,11 @@ where
         }
         let panes = self.state.get_mut(&key)?;
         let pane = &mut panes[idx];
-        self.combine.add(&mut pane.acc, value);
+        if already_added(&mut pane.seen, record) {
+            self.redelivered.inc();
+        } else {
+            self.combine.add(&mut pane.acc, value);
+        }
         pane.finalizers.merge(finalizers);
         pane.count += 1;
         let window = pane.window;
@@ -263,6 +279,22 @@ where
     }
 }
 
+/// True when this pane's accumulator already holds `record`'s value from an earlier delivery, so the
+/// value of this (re)delivery must not be added again. Copies of the same delivery (a record that a
+/// `flat_map` turned into several elements of one pane) are all added.
+fn already_added(seen: &mut HashMap<u64, u64>, record: Option<RecordId>) -> bool {
+    let Some(r) = record else {
+        return false;
+    };
+    match seen.entry(r.id) {
+        std::collections::hash_map::Entry::Occupied(o) => *o.get() != r.delivery,
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(r.delivery);
+            false
+        }
+    }
+}
+
 fn fire<K: Clone, V, C: CombineFn<V>>(
     combine: &C,
     accumulation: Accumulation,
@@ -272,7 +304,10 @@ fn fire<K: Clone, V, C: CombineFn<V>>(
     is_last: bool,
 ) -> Element<(K, C::Out)> {
     let acc = match accumulation {
-        Accumulation::Discarding => std::mem::replace(&mut pane.acc, combine.create()),
+        Accumulation::Discarding => {
+            pane.seen.clear();
+            std::mem::replace(&mut pane.acc, combine.create())
+        }
         Accumulation::Accumulating => pane.acc.clone(),
     };
     let element = Element {
@@ -314,8 +349,9 @@ where
                 }
                 continue;
             }
+            let record = e.finalizers.record();
             let (k, v) = e.value;
-            if let Some(pane) = self.add(k, v, e.window, e.finalizers) {
+            if let Some(pane) = self.add(k, v, e.window, e.finalizers, record) {
                 out.push(pane);
             }
         }

@@ -22,7 +22,9 @@
 //!         ("b".to_string(), Timestamp::from_secs(2)),
 //!     ]))
 //!     .flat_map("Split", |line: String| line.split(' ').map(str::to_string).collect::<Vec<_>>())
-//!     .window_into("Minute", Windowing::fixed(Duration::from_secs(60)))
+//!     // Late data (after a window closed) is dropped here on purpose; by default it goes to the
+//!     // grouping step's late output, which must then be consumed (`combine_per_key_with_late`).
+//!     .window_into("Minute", Windowing::fixed(Duration::from_secs(60)).drop_late())
 //!     .key_by("Key", |w: &String| w.clone())
 //!     .count_per_key("Count")
 //!     .write("Collect", sink, SinkConfig::default());
@@ -52,9 +54,12 @@ mod window;
 
 pub use channel::{BufferConfig, Watermark};
 pub use combine::{CombineFn, Count, Reduce, Sum, ToList};
-pub use element::{Data, Element, PaneInfo, Timestamp, Timing, Window};
+pub use element::{Data, Element, PaneInfo, Shared, Timestamp, Timing, Window};
 pub use elementwise::{BundleContext, DoFn, DoFnContext};
-pub use finalizer::{ack_batch, AckReceiver, Failure, Finalizer, Finalizers, Outcomes, Status};
+pub use finalizer::{
+    ack_batch, ack_batch_with_ids, record_id, AckReceiver, Failure, Finalizer, Finalizers,
+    Outcomes, RecordId, Status,
+};
 pub use metrics::{MetricScope, Metrics};
 pub use pipeline::{
     PCollection, PTransform, Parallel, Pipeline, PipelineConfig, PipelineError, RunOptions,

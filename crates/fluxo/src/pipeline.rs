@@ -168,6 +168,8 @@ struct Slot {
     senders: Box<dyn Any + Send>,
     consumers: usize,
     warn_unconsumed: bool,
+    /// Set when the output must have a consumer: the build error to report otherwise.
+    required: Option<String>,
 }
 
 pub(crate) struct StepEntry {
@@ -218,6 +220,7 @@ impl Graph {
             senders: Box::new(Vec::<Sender<T>>::new()),
             consumers: 0,
             warn_unconsumed: warn,
+            required: None,
         });
         self.slots.len() - 1
     }
@@ -380,6 +383,15 @@ impl Pipeline {
             return Err(PipelineError::Build(vec![
                 "the pipeline has no steps".into()
             ]));
+        }
+        let unconsumed: Vec<String> = g
+            .slots
+            .iter()
+            .filter(|s| s.consumers == 0)
+            .filter_map(|s| s.required.clone())
+            .collect();
+        if !unconsumed.is_empty() {
+            return Err(PipelineError::Build(unconsumed));
         }
         for slot in g
             .slots
@@ -733,8 +745,18 @@ where
         let full = g.register(label);
         let rx = g.connect::<(K, V)>(self.slot, &full);
         let main = g.new_slot::<(K, C::Out)>(&full, "main", true);
-        let late_warn = windowing.late == crate::window::LatePolicy::Route;
-        let late = g.new_slot::<(K, V)>(&full, "late", late_warn);
+        let route = windowing.late == crate::window::LatePolicy::Route;
+        let late = g.new_slot::<(K, V)>(&full, "late", false);
+        if route && windowing.can_be_late() {
+            g.slots[late].required = Some(format!(
+                "step '{full}': data later than the allowed lateness goes to its late output, which \
+                 nothing consumes: use combine_per_key_with_late and handle it, or drop it on \
+                 purpose with Windowing::drop_late()"
+            ));
+        }
+        let redelivered = g
+            .metrics
+            .counter(&crate::metrics::names::GROUP_REDELIVERED, &[&full]);
         g.push_operator(full, vec![rx], move |w, m| {
             GroupOp::new(
                 combine,
@@ -742,6 +764,7 @@ where
                 w.take::<(K, C::Out)>(main),
                 w.take::<(K, V)>(late),
                 m,
+                redelivered,
             )
         });
         drop(g);

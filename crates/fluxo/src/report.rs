@@ -84,6 +84,10 @@ pub struct RunReport {
     pub sinks: Vec<SinkReport>,
     /// Every buffer.
     pub buffers: Vec<BufferReport>,
+    /// Most elements held by all buffers together at one time (since the registry was created).
+    pub peak_total_elements: u64,
+    /// Most estimated bytes held by all buffers together at one time.
+    pub peak_total_bytes: u64,
 }
 
 impl RunReport {
@@ -128,13 +132,15 @@ impl RunReport {
         self
     }
 
-    /// The highest peak of any buffer, in elements.
+    /// Most elements held by all buffers together at one time: what the pipeline kept in flight
+    /// between its steps.
     pub fn peak_buffered_elements(&self) -> u64 {
-        self.buffers
-            .iter()
-            .map(|b| b.peak_elements)
-            .max()
-            .unwrap_or(0)
+        self.peak_total_elements
+    }
+
+    /// Most estimated bytes held by all buffers together at one time.
+    pub fn peak_buffered_bytes(&self) -> u64 {
+        self.peak_total_bytes
     }
 }
 
@@ -176,6 +182,11 @@ impl fmt::Display for RunReport {
                 s.label, s.written, s.failed, s.retries, s.batches
             )?;
         }
+        writeln!(
+            f,
+            "buffers: at most {} elements, {} estimated bytes in flight together",
+            self.peak_total_elements, self.peak_total_bytes
+        )?;
         Ok(())
     }
 }

@@ -194,5 +194,7 @@ fn collect(
                 peak_bytes: m.peak_bytes(),
             })
             .collect(),
+        peak_total_elements: runnable.metrics.peak_buffered().0,
+        peak_total_bytes: runnable.metrics.peak_buffered().1,
     }
 }

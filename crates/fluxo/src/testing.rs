@@ -1,6 +1,6 @@
 //! Test utilities for pipelines built on the engine: a scripted source (like Beam's `TestStream`), a
-//! generated source for volume tests, a collecting sink with fault injection, a discarding sink, and
-//! helpers to assert on outputs per window and pane.
+//! generated source for volume tests, a redelivering source (like a Pub/Sub subscription), a collecting
+//! sink with fault injection, a discarding sink, and helpers to assert on outputs per window and pane.
 
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::element::{Data, Element, PaneInfo, Timestamp, Window};
-use crate::finalizer::{ack_batch, Status};
+use crate::finalizer::{ack_batch, ack_batch_with_ids, Status};
 use crate::sink::{ErrorClass, Sink, SinkBatch, WriteError};
 use crate::source::{BoxError, Source, SourceContext};
 
@@ -256,6 +256,105 @@ impl<T: Data, F: Fn(u64) -> T + Send + 'static> Source for GeneratorSource<T, F>
         while let Some(r) = waiters.join_next().await {
             if let Ok(statuses) = r {
                 ctx.record_statuses(&statuses);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A source that behaves towards the pipeline like a Pub/Sub subscription: every record has an id that
+/// survives redelivery ([`crate::ack_batch_with_ids`]), and a record that is not delivered (nacked) is
+/// emitted again in a later batch, up to `max_deliveries` times. All records are emitted first as one
+/// batch; the source then waits for outcomes and redelivers, and returns (end of input) once every
+/// record was delivered or ran out of deliveries.
+pub struct RedeliveringSource<T> {
+    records: Vec<(T, Timestamp)>,
+    max_deliveries: u32,
+    watermark_after_first: Option<Timestamp>,
+    log: DeliveryLog,
+}
+
+/// Deliveries per record of a [`RedeliveringSource`], shared with the test.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryLog(Arc<Mutex<Vec<(u32, Status)>>>);
+
+impl DeliveryLog {
+    /// `(deliveries, last status)` per record, in input order.
+    pub fn records(&self) -> Vec<(u32, Status)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl<T: Data> RedeliveringSource<T> {
+    /// Records with their event times; record `i` has id `i`. At most 10 deliveries per record.
+    pub fn new(records: impl IntoIterator<Item = (T, Timestamp)>) -> (Self, DeliveryLog) {
+        let log = DeliveryLog::default();
+        (
+            RedeliveringSource {
+                records: records.into_iter().collect(),
+                max_deliveries: 10,
+                watermark_after_first: None,
+                log: log.clone(),
+            },
+            log,
+        )
+    }
+
+    /// Delivers each record at most `n` times.
+    pub fn max_deliveries(mut self, n: u32) -> Self {
+        self.max_deliveries = n.max(1);
+        self
+    }
+
+    /// Advances the watermark to `ts` right after the first delivery of every record, so that
+    /// redeliveries can arrive behind the watermark (late).
+    pub fn watermark_after_first_delivery(mut self, ts: Timestamp) -> Self {
+        self.watermark_after_first = Some(ts);
+        self
+    }
+}
+
+impl<T: Data> Source for RedeliveringSource<T> {
+    type Output = T;
+
+    async fn run(self, mut ctx: SourceContext<T>) -> Result<(), BoxError> {
+        let n = self.records.len();
+        *self.log.0.lock().unwrap_or_else(|p| p.into_inner()) = vec![(0, Status::Errored); n];
+        let mut pending: Vec<usize> = (0..n).collect();
+        let mut waiters = tokio::task::JoinSet::new();
+        let mut first = true;
+        loop {
+            if !pending.is_empty() {
+                let ids = pending.iter().map(|&i| i as u64).collect();
+                let (fins, rx) = ack_batch_with_ids(ids);
+                let mut elements = Vec::with_capacity(pending.len());
+                {
+                    let mut log = self.log.0.lock().unwrap_or_else(|p| p.into_inner());
+                    for (&i, f) in pending.iter().zip(fins) {
+                        log[i].0 += 1;
+                        let (v, ts) = &self.records[i];
+                        elements.push(Element::new(v.clone(), *ts).with_finalizers(f));
+                    }
+                }
+                let batch = std::mem::take(&mut pending);
+                waiters.spawn(async move { (batch, rx.wait().await) });
+                ctx.emit(elements).await?;
+                if let (true, Some(ts)) = (first, self.watermark_after_first) {
+                    ctx.advance_watermark(ts);
+                }
+                first = false;
+            }
+            let Some(done) = waiters.join_next().await else {
+                break;
+            };
+            let (batch, statuses) = done?;
+            ctx.record_statuses(&statuses);
+            let mut log = self.log.0.lock().unwrap_or_else(|p| p.into_inner());
+            for (i, status) in batch.into_iter().zip(statuses) {
+                log[i].1 = status;
+                if !status.is_delivered() && log[i].0 < self.max_deliveries {
+                    pending.push(i);
+                }
             }
         }
         Ok(())

@@ -176,12 +176,18 @@ pub enum Accumulation {
 }
 
 /// What happens to elements that arrive after their window expired (watermark past end + lateness).
+///
+/// The default routes them: a grouping step's late output must then be consumed
+/// ([`crate::PCollection::combine_per_key_with_late`]), or the pipeline does not build, so late data
+/// (a redelivery after a sink failure, a stalled producer) is never acknowledged without a trace unless
+/// [`Windowing::drop_late`] asked for it. Global windows never expire and need neither.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LatePolicy {
-    /// Dropped and counted in the step's `discarded` and `late` metrics (acknowledged: they were handled).
-    #[default]
+    /// Dropped and counted in the step's `discarded` and `late` metrics, and acknowledged (the user
+    /// chose to lose them).
     Drop,
-    /// Sent to the late output of the grouping step.
+    /// Sent to the late output of the grouping step (the default).
+    #[default]
     Route,
 }
 
@@ -207,14 +213,15 @@ impl Default for Windowing {
 }
 
 impl Windowing {
-    /// A strategy with the given assignment, firing at the watermark, no allowed lateness, discarding.
+    /// A strategy with the given assignment, firing at the watermark, no allowed lateness, discarding,
+    /// late data routed to the grouping step's late output.
     pub fn new(window_fn: WindowFn) -> Self {
         Windowing {
             window_fn,
             trigger: Trigger::default(),
             allowed_lateness: Duration::ZERO,
             accumulation: Accumulation::Discarding,
-            late: LatePolicy::Drop,
+            late: LatePolicy::Route,
         }
     }
 
@@ -257,10 +264,23 @@ impl Windowing {
         self
     }
 
-    /// Routes data later than the allowed lateness to the grouping step's late output instead of dropping it.
+    /// Routes data later than the allowed lateness to the grouping step's late output (the default).
     pub fn route_late(mut self) -> Self {
         self.late = LatePolicy::Route;
         self
+    }
+
+    /// Drops data later than the allowed lateness and acknowledges it (counted in the step's
+    /// `discarded` and `late` metrics): for results where a late record is worth less than its cost.
+    pub fn drop_late(mut self) -> Self {
+        self.late = LatePolicy::Drop;
+        self
+    }
+
+    /// True when a window can expire, so late data can exist (every window function but
+    /// [`WindowFn::Global`]).
+    pub fn can_be_late(&self) -> bool {
+        self.window_fn != WindowFn::Global
     }
 
     /// The watermark at which a window's state is dropped and later data counts as too late.

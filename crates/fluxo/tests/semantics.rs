@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use fluxo::testing::{
-    assert_in_any_order, CollectingSink, DiscardSink, GeneratorSource, TestStream,
+    assert_in_any_order, CollectingSink, DiscardSink, GeneratorSource, RedeliveringSource,
+    TestStream,
 };
 use fluxo::{
     BufferConfig, DoFn, DoFnContext, PCollection, Pipeline, PipelineConfig, PipelineError,
@@ -46,14 +47,17 @@ async fn fixed_and_sliding_windows_group_per_key() {
     );
     let (fixed_sink, fixed) = CollectingSink::new();
     input
-        .window_into("Fixed", Windowing::fixed(Duration::from_secs(10)))
+        .window_into(
+            "Fixed",
+            Windowing::fixed(Duration::from_secs(10)).drop_late(),
+        )
         .combine_per_key("SumFixed", Sum::<u64>::default())
         .write("CollectFixed", fixed_sink, fast_sink());
     let (sliding_sink, sliding) = CollectingSink::new();
     input
         .window_into(
             "Sliding",
-            Windowing::sliding(Duration::from_secs(10), Duration::from_secs(5)),
+            Windowing::sliding(Duration::from_secs(10), Duration::from_secs(5)).drop_late(),
         )
         .combine_per_key("SumSliding", Sum::<u64>::default())
         .write("CollectSliding", sliding_sink, fast_sink());
@@ -91,7 +95,10 @@ async fn sessions_merge_per_key() {
             // [22, 32) touches both [0, 24) and [30, 40): all merge into [0, 40).
             .add_values([(("u", 22), secs(22)), (("v", 100), secs(100))]),
     )
-    .window_into("Sessions", Windowing::sessions(Duration::from_secs(10)))
+    .window_into(
+        "Sessions",
+        Windowing::sessions(Duration::from_secs(10)).drop_late(),
+    )
     .group_by_key("Group")
     .map("Sort", |(k, mut v): (&'static str, Vec<i32>)| {
         v.sort();
@@ -120,7 +127,10 @@ async fn sessions_stay_apart_when_the_gap_is_respected() {
             (("u", 1), secs(25)),
         ]),
     )
-    .window_into("Sessions", Windowing::sessions(Duration::from_secs(10)))
+    .window_into(
+        "Sessions",
+        Windowing::sessions(Duration::from_secs(10)).drop_late(),
+    )
     .combine_per_key("Count", Sum::<u64>::default())
     .write("Collect", sink, fast_sink());
     p.run(RunOptions::default()).await.unwrap();
@@ -177,25 +187,25 @@ async fn early_on_time_late_and_too_late() {
 }
 
 #[tokio::test]
-async fn accumulating_panes_repeat_earlier_elements_and_late_data_is_dropped_by_default() {
+async fn accumulating_panes_repeat_earlier_elements_and_late_data_is_dropped_when_asked() {
     let p = Pipeline::new("accumulating");
     let (sink, out) = CollectingSink::new();
-    p.read(
-        "Read",
-        TestStream::new()
-            .add_values([(("k", 1u64), secs(1)), (("k", 2), secs(2))])
-            .add_values([(("k", 4), secs(3))])
-            .advance_watermark(secs(10))
-            .add_values([(("k", 100), secs(4))]),
-    )
-    .window_into(
-        "Window",
-        Windowing::fixed(Duration::from_secs(10))
-            .triggering(Trigger::at_watermark().with_early_count(2))
-            .accumulating(),
-    )
-    .combine_per_key("Sum", Sum::<u64>::default())
-    .write("Collect", sink, fast_sink());
+    let (source, acks) = TestStream::new()
+        .add_values([(("k", 1u64), secs(1)), (("k", 2), secs(2))])
+        .add_values([(("k", 4), secs(3))])
+        .advance_watermark(secs(10))
+        .add_values([(("k", 100), secs(4))])
+        .with_acks();
+    p.read("Read", source)
+        .window_into(
+            "Window",
+            Windowing::fixed(Duration::from_secs(10))
+                .triggering(Trigger::at_watermark().with_early_count(2))
+                .accumulating()
+                .drop_late(),
+        )
+        .combine_per_key("Sum", Sum::<u64>::default())
+        .write("Collect", sink, fast_sink());
     let report = p.run(RunOptions::default()).await.unwrap();
     let got: Vec<_> = out
         .panes(win(0, 10))
@@ -205,6 +215,170 @@ async fn accumulating_panes_repeat_earlier_elements_and_late_data_is_dropped_by_
     assert_eq!(got, vec![(Timing::Early, 3), (Timing::OnTime, 7)]);
     let group = report.step("Sum").unwrap();
     assert_eq!((group.late, group.discarded), (1, 1));
+    // Dropping was asked for: the late element is acknowledged like the others.
+    assert_eq!(acks.statuses().await, vec![Status::Delivered; 4]);
+}
+
+#[tokio::test]
+async fn late_input_has_nowhere_to_go_unless_routed_or_dropped_on_purpose() {
+    let p = Pipeline::new("late-unconsumed");
+    let (sink, _) = CollectingSink::new();
+    p.read(
+        "Read",
+        TestStream::new().add_values([(("k", 1u64), secs(1))]),
+    )
+    .window_into("Window", Windowing::fixed(Duration::from_secs(10)))
+    .combine_per_key("Sum", Sum::<u64>::default())
+    .write("Collect", sink, fast_sink());
+    let Err(PipelineError::Build(errors)) = p.build() else {
+        panic!("a windowed grouping whose late output nothing consumes must not build");
+    };
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    for needle in [
+        "'Sum'",
+        "late output",
+        "combine_per_key_with_late",
+        "drop_late",
+    ] {
+        assert!(errors[0].contains(needle), "{needle} not in {}", errors[0]);
+    }
+    // Global windows never expire: no late data, no late output to consume.
+    let p = Pipeline::new("global");
+    let (sink, out) = CollectingSink::new();
+    p.read(
+        "Read",
+        TestStream::new().add_values([(("k", 1u64), secs(1))]),
+    )
+    .combine_per_key("Sum", Sum::<u64>::default())
+    .write("Collect", sink, fast_sink());
+    p.run(RunOptions::default()).await.unwrap();
+    assert_eq!(out.values(), vec![("k", 1)]);
+}
+
+#[tokio::test]
+async fn late_input_is_routed_by_default_and_acked_only_once_stored() {
+    let p = Pipeline::new("late-routed");
+    let (sink, out) = CollectingSink::new();
+    let (late_sink, late) = CollectingSink::new();
+    let (source, acks) = TestStream::new()
+        .add_values([(("k", 1u64), secs(1))])
+        .advance_watermark(secs(10))
+        .add_values([(("k", 2u64), secs(2)), (("k", 3u64), secs(12))])
+        .with_acks();
+    let (sums, too_late) = p
+        .read("Read", source)
+        .window_into("Window", Windowing::fixed(Duration::from_secs(10)))
+        .combine_per_key_with_late("Sum", Sum::<u64>::default());
+    sums.write("Collect", sink, fast_sink());
+    // The late record's store fails for good: it must come back to the source as a failure.
+    too_late.write(
+        "Late",
+        late_sink.failing_first(u64::MAX, false),
+        fast_sink(),
+    );
+    let report = p.run(RunOptions::default()).await.unwrap();
+    assert_eq!(out.values_sorted(), vec![("k", 1), ("k", 3)]);
+    assert!(late.is_empty());
+    assert_eq!(report.step("Sum").unwrap().late, 1);
+    assert_eq!(report.step("Sum").unwrap().discarded, 0);
+    assert_eq!(
+        acks.statuses().await,
+        vec![Status::Delivered, Status::Rejected, Status::Delivered]
+    );
+}
+
+/// A sink that fails once makes the source redeliver every input of the failed panes; a redelivered
+/// record already in an accumulating pane is not added again, and a discarding pane sees it once more
+/// (its earlier pane was never stored). The oracle: the sum of the distinct inputs.
+#[tokio::test]
+async fn a_redelivered_input_is_not_counted_twice() {
+    let inputs = [1u64, 2, 4, 8];
+    let distinct_sum: u64 = inputs.iter().sum();
+    for accumulating in [true, false] {
+        let p = Pipeline::new("redelivery");
+        let (sink, out) = CollectingSink::new();
+        let (source, deliveries) = RedeliveringSource::new(
+            inputs
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| (("k", v), secs(i as i64))),
+        );
+        let windowing = Windowing::fixed(Duration::from_secs(10))
+            .triggering(Trigger::at_watermark().with_early_count(1))
+            .drop_late();
+        let windowing = if accumulating {
+            windowing.accumulating()
+        } else {
+            windowing
+        };
+        p.read("Read", source)
+            .window_into("Window", windowing)
+            .combine_per_key("Sum", Sum::<u64>::default())
+            .write(
+                "Collect",
+                // The first write (every early pane of the first delivery) fails, retries exhausted.
+                sink.failing_first(1, true),
+                SinkConfig {
+                    retry: RetryConfig {
+                        max_retries: 0,
+                        ..RetryConfig::default()
+                    },
+                    ..fast_sink()
+                },
+            );
+        let metrics = p.metrics();
+        p.run(RunOptions::default()).await.unwrap();
+        assert_eq!(
+            deliveries.records(),
+            vec![(2, Status::Delivered); inputs.len()],
+            "every input delivered twice, acknowledged the second time"
+        );
+        let panes: Vec<u64> = out
+            .panes(win(0, 10))
+            .into_iter()
+            .map(|(_, (_, v))| v)
+            .collect();
+        if accumulating {
+            // Every stored pane is a running total of distinct inputs; the last one is all of them.
+            assert_eq!(panes.last(), Some(&distinct_sum), "{panes:?}");
+            assert!(panes.iter().all(|&v| v <= distinct_sum), "{panes:?}");
+            let text = metrics.encode_prometheus_text();
+            let line =
+                "fluxo_group_redelivered_elements_total{pipeline=\"redelivery\",step=\"Sum\"} 4";
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        } else {
+            // Discarding panes are deltas: the stored ones add up to each input once.
+            assert_eq!(panes.iter().sum::<u64>(), distinct_sum, "{panes:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_grouped_pane_whose_sink_fails_permanently_nacks_every_input() {
+    for windowing in [
+        Windowing::fixed(Duration::from_secs(10)).accumulating(),
+        Windowing::fixed(Duration::from_secs(10)),
+        Windowing::sessions(Duration::from_secs(2)),
+    ]
+    .map(Windowing::drop_late)
+    {
+        let p = Pipeline::new("pane-fails");
+        let (sink, _) = CollectingSink::new();
+        // Sessions: 0,1,2,3 s merge into one session; 8 s is another.
+        let (source, acks) = TestStream::new()
+            .add_values([0, 1, 2, 3, 8].map(|t| (("k", t as u64), secs(t))))
+            .with_acks();
+        p.read("Read", source)
+            .window_into("Window", windowing)
+            .combine_per_key("Sum", Sum::<u64>::default())
+            .write("Collect", sink.failing_first(u64::MAX, false), fast_sink());
+        p.run(RunOptions::default()).await.unwrap();
+        assert_eq!(
+            acks.statuses().await,
+            vec![Status::Rejected; 5],
+            "{windowing:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -221,7 +395,8 @@ async fn early_firing_by_processing_time() {
     .window_into(
         "Window",
         Windowing::fixed(Duration::from_secs(10))
-            .triggering(Trigger::at_watermark().with_early_delay(Duration::from_millis(50))),
+            .triggering(Trigger::at_watermark().with_early_delay(Duration::from_millis(50)))
+            .drop_late(),
     )
     .combine_per_key("Sum", Sum::<u64>::default())
     .write("Collect", sink, fast_sink());
@@ -257,7 +432,10 @@ async fn idle_case(
     let b = p.read("B", b);
     let (sink, out) = CollectingSink::new();
     p.flatten("Both", &[&a, &b])
-        .window_into("Window", Windowing::fixed(Duration::from_secs(10)))
+        .window_into(
+            "Window",
+            Windowing::fixed(Duration::from_secs(10)).drop_late(),
+        )
         .combine_per_key("Sum", Sum::<u64>::default())
         .write("Collect", sink, fast_sink());
     let report = p.run(RunOptions::default()).await.unwrap();
@@ -477,8 +655,66 @@ async fn a_slow_sink_holds_the_source_back_within_the_buffer_bound() {
     );
     let report = run.await.unwrap().unwrap();
     assert_eq!(out.len() as u64, n);
-    assert!(report.peak_buffered_elements() <= u64::from(bound));
-    assert!(report.peak_buffered_elements() > 0);
+    // Each buffer stays within its bound; the report's peak is all three together.
+    assert_eq!(report.buffers.len(), 3);
+    for b in &report.buffers {
+        assert!(b.peak_elements <= u64::from(bound), "{b:?}");
+    }
+    let largest = report.buffers.iter().map(|b| b.peak_elements).max();
+    assert!(report.peak_buffered_elements() >= largest.unwrap_or(0));
+    assert!(report.peak_buffered_elements() <= 3 * u64::from(bound));
+}
+
+/// A `flat_map` that splits each input into 990 elements (an NF-e's maximum item count) sharing one
+/// large value: the buffer after it stays within its element and byte bounds (batches above the bound
+/// are sent in chunks), and the shared value counts once over its 990 handles, not 990 times.
+#[tokio::test]
+async fn a_fan_out_stays_within_the_buffer_bounds() {
+    const LINES: u32 = 990;
+    const INVOICE_BYTES: usize = 300_000;
+    let (max_elements, max_bytes) = (2_000u32, 2 * 1024 * 1024u32);
+    let p = Pipeline::with_config(PipelineConfig {
+        buffer: BufferConfig {
+            max_elements,
+            max_bytes,
+        },
+        batch_size: 16,
+        ..PipelineConfig::default()
+    });
+    let (sink, out) = CollectingSink::new();
+    p.read("Read", GeneratorSource::new(40, |i| i))
+        .flat_map("Lines", |i: u64| {
+            let invoice = fluxo::Shared::with_size(i, INVOICE_BYTES);
+            (0..LINES).map(move |line| (invoice.clone(), line))
+        })
+        .map("Line", |(invoice, line): (fluxo::Shared<u64>, u32)| {
+            (*invoice, line)
+        })
+        .write(
+            "Slow",
+            sink.with_delay(Duration::from_millis(1)),
+            SinkConfig {
+                max_events: 500,
+                max_in_flight: 1,
+                ..fast_sink()
+            },
+        );
+    let report = p.run(RunOptions::default()).await.unwrap();
+    assert_eq!(out.len(), 40 * LINES as usize);
+    let after = |from: &str| {
+        report
+            .buffers
+            .iter()
+            .find(|b| b.from == from)
+            .unwrap_or_else(|| panic!("no buffer after {from}: {:?}", report.buffers))
+            .clone()
+    };
+    let lines = after("Lines");
+    // One input batch makes 16 x 990 = 15,840 elements: without chunking they would be admitted whole.
+    assert!(lines.peak_elements <= u64::from(max_elements), "{lines:?}");
+    assert!(lines.peak_bytes <= u64::from(max_bytes), "{lines:?}");
+    // The shared values were counted: a chunk of 2,000 lines spans 3 invoices of 300 kB.
+    assert!(lines.peak_bytes >= INVOICE_BYTES as u64, "{lines:?}");
 }
 
 fn counter(text: &str, name: &str) -> u64 {
@@ -681,7 +917,10 @@ async fn parallel_steps_emit_finished_work_without_waiting_for_more_input() {
     )
     .parallel(2)
     .map("Work", |x| x + 1)
-    .window_into("Window", Windowing::fixed(Duration::from_secs(10)))
+    .window_into(
+        "Window",
+        Windowing::fixed(Duration::from_secs(10)).drop_late(),
+    )
     .key_by("Key", |_| "k")
     .count_per_key("Count")
     .write("Collect", sink, fast_sink());
@@ -760,7 +999,10 @@ impl FlattenCount for Pipeline {
         sink: CollectingSink<(&'static str, u64)>,
     ) -> fluxo::RunReport {
         self.flatten("Both", &[a, b])
-            .window_into("Window", Windowing::fixed(Duration::from_secs(10)))
+            .window_into(
+                "Window",
+                Windowing::fixed(Duration::from_secs(10)).drop_late(),
+            )
             .combine_per_key("Count", Sum::<u64>::default())
             .write("Collect", sink, fast_sink());
         self.run(RunOptions::default()).await.unwrap()

@@ -183,6 +183,33 @@ pub struct DeadLetterMessage {
 }
 
 impl DeadLetter {
+    /// Approximate memory of the dead letter, heap included (what a pipeline's buffer bounds count):
+    /// the raw bytes, the issues, the codes and every owned text.
+    pub fn memory_bytes(&self) -> usize {
+        let issues: usize = self
+            .issues
+            .iter()
+            .map(|i| i.path.capacity() + i.message.capacity())
+            .sum();
+        let attributes: usize = self
+            .source
+            .attributes
+            .iter()
+            // Keys, values and a B-tree entry's share of its node.
+            .map(|(k, v)| k.capacity() + v.capacity() + 2 * std::mem::size_of::<String>())
+            .sum();
+        std::mem::size_of::<Self>()
+            + self.raw.0.capacity()
+            + self.raw_sha256.capacity()
+            + self.object.as_ref().map_or(0, String::capacity)
+            + self.issues.capacity() * std::mem::size_of::<Issue>()
+            + issues
+            + self.omitted_codes.capacity() * std::mem::size_of::<ErrorCode>()
+            + self.stage.capacity()
+            + self.source.message_id.as_ref().map_or(0, String::capacity)
+            + attributes
+    }
+
     /// Builds a dead letter with these issues.
     pub fn new(
         raw: Vec<u8>,

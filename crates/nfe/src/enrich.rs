@@ -84,7 +84,30 @@ pub struct IngestMeta {
     pub version: Option<String>,
 }
 
+fn opt_len(s: &Option<String>) -> usize {
+    s.as_ref().map_or(0, String::capacity)
+}
+
 impl Invoice {
+    /// Approximate memory of the invoice, heap included (what a pipeline's buffer bounds count):
+    /// the struct, every item and every owned text. Walks the items once.
+    pub fn memory_bytes(&self) -> usize {
+        let lines: usize = self
+            .items
+            .iter()
+            .map(|l| l.product_name.capacity() + l.product_key.capacity())
+            .sum();
+        let ingest = self.ingest.as_ref().map_or(0, |m| {
+            opt_len(&m.message_id) + opt_len(&m.worker) + opt_len(&m.version)
+        });
+        std::mem::size_of::<Self>()
+            + self.items.capacity() * std::mem::size_of::<Line>()
+            + lines
+            + self.emission.original.capacity()
+            + self.creation.original.capacity()
+            + ingest
+    }
+
     /// Attaches ingestion metadata.
     pub fn with_ingest(mut self, meta: IngestMeta) -> Self {
         self.ingest = Some(meta);

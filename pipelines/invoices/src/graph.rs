@@ -16,11 +16,12 @@
 //! is not written again; everything from Validate on is the same.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fluxo::{Data, DoFn, DoFnContext, PCollection, SinkConfig, Tagged, Timestamp, Windowing};
+use fluxo::{
+    Data, DoFn, DoFnContext, PCollection, Shared, SinkConfig, Tagged, Timestamp, Windowing,
+};
 use fluxo_gcp::bigquery::BigQuerySink;
 use fluxo_gcp::bigtable::{BigtableSink, RowMutation, SetCell};
 use fluxo_gcp::pubsub::{PubsubMessage, PubsubOut, PubsubSink};
@@ -166,8 +167,8 @@ impl Validate {
 
 impl DoFn for Validate {
     type In = PubsubMessage;
-    type Out = Arc<Invoice>;
-    type Dead = Arc<DeadLetter>;
+    type Out = Shared<Invoice>;
+    type Dead = Shared<DeadLetter>;
 
     fn process(&mut self, m: PubsubMessage, ctx: &mut DoFnContext<'_, Self::Out, Self::Dead>) {
         let at = ctx.timestamp();
@@ -181,7 +182,7 @@ impl Validate {
         &self,
         m: PubsubMessage,
         at: Timestamp,
-        ctx: &mut DoFnContext<'_, Arc<Invoice>, Arc<DeadLetter>>,
+        ctx: &mut DoFnContext<'_, Shared<Invoice>, Shared<DeadLetter>>,
     ) {
         let history = m.history.as_deref();
         let delivery = nfe::Delivery {
@@ -200,11 +201,23 @@ impl Validate {
                     worker: self.worker.clone(),
                     version: self.version.clone(),
                 };
-                ctx.output_at(Arc::new(invoice.with_ingest(meta)), at);
+                ctx.output_at(shared_invoice(invoice.with_ingest(meta)), at);
             }
-            Err(dead) => ctx.dead_letter(Arc::from(dead)),
+            Err(dead) => ctx.dead_letter(shared_dead_letter(*dead)),
         }
     }
+}
+
+/// Invoices and dead letters travel shared (the fan-out's branches and an invoice's lines all hold the
+/// same value), measured once for the buffers' byte bounds.
+fn shared_invoice(invoice: Invoice) -> Shared<Invoice> {
+    let bytes = invoice.memory_bytes();
+    Shared::with_size(invoice, bytes)
+}
+
+fn shared_dead_letter(dead: DeadLetter) -> Shared<DeadLetter> {
+    let bytes = dead.memory_bytes();
+    Shared::with_size(dead, bytes)
 }
 
 /// [`Validate`] for replays: decodes a raw-archive line (an [`ArchivedMessage`]) into the message it
@@ -216,8 +229,8 @@ pub struct ValidateArchived(pub Validate);
 
 impl DoFn for ValidateArchived {
     type In = Record;
-    type Out = Arc<Invoice>;
-    type Dead = Arc<DeadLetter>;
+    type Out = Shared<Invoice>;
+    type Dead = Shared<DeadLetter>;
 
     fn process(&mut self, line: Record, ctx: &mut DoFnContext<'_, Self::Out, Self::Dead>) {
         match serde_json::from_slice::<ArchivedMessage>(line.as_ref()) {
@@ -227,7 +240,7 @@ impl DoFn for ValidateArchived {
                 let at = Timestamp::from_micros(m.publish_time_micros);
                 self.0.validate(m.into_message(), at, ctx)
             }
-            Err(e) => ctx.dead_letter(Arc::new(DeadLetter::new(
+            Err(e) => ctx.dead_letter(shared_dead_letter(DeadLetter::new(
                 line.as_ref().to_vec(),
                 vec![Issue::new(
                     ErrorCode::MalformedJson,
@@ -307,7 +320,7 @@ pub const PROCESSED_SCHEMA: &str = "message invoice_line {
 }";
 
 /// One line of an invoice (index into `items`), the processed archive's element.
-pub type InvoiceLine = (Arc<Invoice>, u32);
+pub type InvoiceLine = (Shared<Invoice>, u32);
 
 /// The processed archive's Parquet format.
 pub fn processed_format() -> Result<ParquetFormat<InvoiceLine>, fluxo_gcp::ConfigError> {
@@ -482,7 +495,7 @@ pub fn build_replay(
 
 /// Every step after validation: Bigtable, BigQuery, the processed archive and the dead letters.
 fn fan_out(
-    validated: Tagged<Arc<Invoice>, Arc<DeadLetter>>,
+    validated: Tagged<Shared<Invoice>, Shared<DeadLetter>>,
     sinks: Sinks,
     s: &GraphSettings,
     codes: DeadLetterCodes,
@@ -492,7 +505,7 @@ fn fan_out(
     let layout = s.layout;
     invoices
         .parallel(s.parallelism)
-        .flat_map("BigtableRows", move |inv: Arc<Invoice>| {
+        .flat_map("BigtableRows", move |inv: Shared<Invoice>| {
             bigtable_mutations(&layout, &inv)
         })
         .write("Bigtable", sinks.bigtable, s.bigtable_batch);
@@ -500,7 +513,7 @@ fn fan_out(
     let bq = sinks.bigquery_layout;
     invoices
         .parallel(s.parallelism)
-        .flat_map("BigQueryRows", move |inv: Arc<Invoice>| bq.rows(&inv))
+        .flat_map("BigQueryRows", move |inv: Shared<Invoice>| bq.rows(&inv))
         .write(
             "BigQuery",
             LatencySink::new(sinks.bigquery),
@@ -509,7 +522,7 @@ fn fan_out(
 
     if let Some(processed) = sinks.processed {
         invoices
-            .flat_map("ProcessedLines", |inv: Arc<Invoice>| {
+            .flat_map("ProcessedLines", |inv: Shared<Invoice>| {
                 (0..inv.items.len() as u32)
                     .map(|i| (inv.clone(), i))
                     .collect::<Vec<_>>()
@@ -524,7 +537,7 @@ fn fan_out(
     let archive_url = s.archive_url.clone();
     let dead = validated
         .dead_letters
-        .map("DeadLetterJson", move |d: Arc<DeadLetter>| {
+        .map("DeadLetterJson", move |d: Shared<DeadLetter>| {
             for code in d.codes() {
                 codes.count(code);
             }

@@ -25,7 +25,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fluxo::{ack_batch, BoxError, Element, Outcomes, Source, SourceContext, Status, Timestamp};
+use fluxo::{
+    ack_batch_with_ids, record_id, BoxError, Element, Outcomes, Source, SourceContext, Status,
+    Timestamp,
+};
 use gcloud_gax::grpc::{Code, Status as GrpcStatus};
 use gcloud_googleapis::pubsub::v1::{
     AcknowledgeRequest, ModifyAckDeadlineRequest, PullRequest, ReceivedMessage,
@@ -960,7 +963,17 @@ impl Source for PubsubSource {
             };
             last_message = Instant::now();
             let n = msgs.len();
-            let (fins, acks) = ack_batch(n);
+            // The message id survives redelivery: grouping steps use it not to count a
+            // redelivered message twice (fluxo::ack_batch_with_ids).
+            let record_ids = msgs
+                .iter()
+                .map(|rm| {
+                    rm.message
+                        .as_ref()
+                        .map_or(0, |m| record_id(m.message_id.as_bytes()))
+                })
+                .collect();
+            let (fins, acks) = ack_batch_with_ids(record_ids);
             let mut ack_ids = Vec::with_capacity(n);
             let mut elements = Vec::with_capacity(n);
             let mut batch_max = Timestamp::MIN;

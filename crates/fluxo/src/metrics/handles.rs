@@ -199,6 +199,7 @@ impl SinkMetrics {
 /// Handles on the series of one buffer between two steps (labels `from`, `to`).
 #[derive(Clone, Debug)]
 pub struct BufferMetrics {
+    totals: Arc<BufferTotals>,
     elements: Gauge,
     bytes: Gauge,
     capacity_elements: Gauge,
@@ -207,11 +208,43 @@ pub struct BufferMetrics {
     peak_bytes: Gauge,
 }
 
+/// What every buffer of one registry holds together, and the peak of that sum: the elements a worker
+/// keeps in flight between its steps (the per-buffer peaks may fall at different times).
+#[derive(Debug, Default)]
+pub(super) struct BufferTotals {
+    elements: AtomicI64,
+    bytes: AtomicI64,
+    peak_elements: AtomicI64,
+    peak_bytes: AtomicI64,
+}
+
+impl BufferTotals {
+    fn add(&self, elements: i64, bytes: i64) {
+        let before = self.elements.fetch_add(elements, Ordering::Relaxed);
+        if elements > 0 {
+            self.peak_elements
+                .fetch_max(before.saturating_add(elements), Ordering::Relaxed);
+        }
+        let before = self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if bytes > 0 {
+            self.peak_bytes
+                .fetch_max(before.saturating_add(bytes), Ordering::Relaxed);
+        }
+    }
+
+    /// `(elements, bytes)`: the highest sums seen.
+    pub(super) fn peaks(&self) -> (u64, u64) {
+        let get = |a: &AtomicI64| u64::try_from(a.load(Ordering::Relaxed)).unwrap_or(0);
+        (get(&self.peak_elements), get(&self.peak_bytes))
+    }
+}
+
 impl BufferMetrics {
     pub(super) fn new(m: &Metrics, from: &str, to: &str) -> Self {
         use names::*;
         let l = &[from, to];
         Self {
+            totals: m.buffer_totals(),
             elements: m.gauge(&BUFFER_ELEMENTS, l),
             bytes: m.gauge(&BUFFER_BYTES, l),
             capacity_elements: m.gauge(&BUFFER_CAPACITY_ELEMENTS, l),
@@ -229,6 +262,7 @@ impl BufferMetrics {
 
     /// Depth change (+ on send, − on receive); updates the peaks on growth.
     pub fn add(&self, elements: i64, bytes: i64) {
+        self.totals.add(elements, bytes);
         let before = self.elements.inc_by(elements);
         if elements > 0 {
             self.peak_elements

@@ -73,6 +73,8 @@ struct Inner {
     /// Watermark cells by (family, step): [`Metrics::step`] and [`Metrics::source`] may be called
     /// more than once for a label and must share the cell the scrape-time gauges read.
     watermarks: Mutex<BTreeMap<(&'static str, String), Arc<AtomicI64>>>,
+    /// Every buffer's depth summed, with its peak.
+    buffer_totals: Arc<handles::BufferTotals>,
 }
 
 impl Metrics {
@@ -88,6 +90,7 @@ impl Metrics {
                 registry,
                 families,
                 watermarks: Mutex::new(BTreeMap::new()),
+                buffer_totals: Arc::default(),
             }),
         };
         for def in names::ALL {
@@ -201,6 +204,15 @@ impl Metrics {
     /// Handles of the sink step labelled `step` (label `step="<step>"`).
     pub fn sink(&self, step: &str) -> SinkMetrics {
         SinkMetrics::new(self, step)
+    }
+
+    fn buffer_totals(&self) -> Arc<handles::BufferTotals> {
+        Arc::clone(&self.inner.buffer_totals)
+    }
+
+    /// `(elements, bytes)`: the most held by all buffers of this registry together at one time.
+    pub fn peak_buffered(&self) -> (u64, u64) {
+        self.inner.buffer_totals.peaks()
     }
 
     /// Handles of the buffer from step `from` to step `to` (labels `from`, `to`).

@@ -37,6 +37,12 @@ pub const STEP_LATE: Def = Def::counter(
     "Elements that arrived behind the watermark (discarded or routed to a late output)",
     &["step"],
 );
+/// Redelivered records a grouping step did not add again (label `step`).
+pub const GROUP_REDELIVERED: Def = Def::counter(
+    "fluxo_group_redelivered_elements",
+    "Elements of a record delivered again (after a nack) whose value the grouping step's pane already held: not added twice",
+    &["step"],
+);
 /// Processing time per batch (label `step`).
 pub const STEP_BATCH_DURATION: Def = Def::histogram(
     "fluxo_step_batch_duration_seconds",
@@ -215,6 +221,7 @@ pub const ALL: &[Def] = &[
     STEP_ERRORS,
     STEP_DISCARDED,
     STEP_LATE,
+    GROUP_REDELIVERED,
     STEP_BATCH_DURATION,
     STEP_BATCH_ELEMENTS,
     SOURCE_EMITTED,

@@ -392,6 +392,8 @@ fn names_are_unique_prefixed_and_all_exposed() {
     source.set_watermark(now_micros());
     metrics.sink("s");
     metrics.buffer("a", "b");
+    // Grouping steps add their own family.
+    metrics.counter(&names::GROUP_REDELIVERED, &["s"]);
     let text = metrics.encode();
     for def in names::ALL {
         let kind = def.kind.as_str();
