@@ -510,7 +510,7 @@ fn validated_into_bigtable(
         .flat_map("BigtableRows", move |inv: fluxo::Shared<nfe::Invoice>| {
             graph::bigtable_mutations(&layout, &inv)
         })
-        .write("Bigtable", sink, bigtable_batch());
+        .write(graph::steps::BIGTABLE, sink, bigtable_batch());
     validated
         .dead_letters
         .write("Dead", DiscardSink, SinkConfig::default());
@@ -538,7 +538,7 @@ async fn core_path(p: &Profile, n: u64) -> (Measured, u64) {
     let validated = pipeline
         .read("Pubsub", source)
         .parallel(threads())
-        .par_do("Validate", validate_step());
+        .par_do(graph::steps::VALIDATE, validate_step());
     validated_into_bigtable(validated, p.layout, sink);
     let stop = Shutdown::new();
     let signal = stop.signal();
@@ -559,7 +559,7 @@ async fn core_path(p: &Profile, n: u64) -> (Measured, u64) {
         .await
         .expect("core path");
     let elapsed = watcher.await.expect("watcher");
-    let invoices = report.step("Validate").map_or(0, |s| s.sent);
+    let invoices = report.step(graph::steps::VALIDATE).map_or(0, |s| s.sent);
     (
         Measured {
             items: invoices,
@@ -619,12 +619,12 @@ async fn replay_to_bigtable(p: &Profile, url: &str) -> Measured {
     let validated = pipeline
         .read("Archive", source)
         .parallel(threads())
-        .par_do("Validate", ValidateArchived(validate_step()));
+        .par_do(graph::steps::VALIDATE, ValidateArchived(validate_step()));
     validated_into_bigtable(validated, p.layout, sink);
     let started = Instant::now();
     let report = pipeline.run(RunOptions::default()).await.expect("replay");
     Measured {
-        items: report.step("Validate").map_or(0, |s| s.sent),
+        items: report.step(graph::steps::VALIDATE).map_or(0, |s| s.sent),
         elapsed: started.elapsed(),
     }
 }
@@ -647,11 +647,11 @@ async fn replay_to_bigtable_fused(p: &Profile, url: &str) -> Measured {
                 .map(|inv| graph::bigtable_mutations(&layout, &inv).to_vec())
                 .unwrap_or_default()
         })
-        .write("Bigtable", sink, bigtable_batch());
+        .write(graph::steps::BIGTABLE, sink, bigtable_batch());
     let started = Instant::now();
     let report = pipeline.run(RunOptions::default()).await.expect("replay");
     Measured {
-        items: report.sink("Bigtable").map_or(0, |s| s.written) / 2,
+        items: report.sink(graph::steps::BIGTABLE).map_or(0, |s| s.written) / 2,
         elapsed: started.elapsed(),
     }
 }
@@ -927,7 +927,7 @@ fn main() {
         );
 
         // What each valid invoice cost in the whole run.
-        let dead_expected = report.engine.sink("DeadLetterTopic").map_or(0, |s| s.written);
+        let dead_expected = report.engine.sink(graph::steps::DEAD_LETTER_TOPIC).map_or(0, |s| s.written);
         let (dead_messages, dead_bytes) =
             drain_subscription(&client, &w.dead_letter_subscription(), dead_expected).await;
         let idle_secs = env_count("INVOICES_IDLE_SECS", 10);

@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use fluxo::{
-    DoFn, DoFnContext, ErrorClass, IterSource, Pipeline, RunOptions, Sink, SinkBatch, SinkConfig,
-    Sum, Timestamp, Windowing, WriteError,
+    DoFn, DoFnContext, IterSource, Pipeline, RunOptions, Sink, SinkBatch, SinkConfig, Sum,
+    Timestamp, Windowing, WriteError,
 };
 
 /// Parses one line; bad data is data: it goes to the dead-letter output, it does not stop the pipeline.
@@ -45,20 +45,11 @@ impl DoFn for ParseSale {
 /// A sink that prints each element with its window; real sinks write to storage and report failures.
 struct Print(&'static str);
 
-#[derive(Debug, thiserror::Error)]
-#[error("printing cannot fail")]
-struct NoError;
-
-impl ErrorClass for NoError {
-    fn is_retriable(&self) -> bool {
-        false
-    }
-}
-
 impl<T: fluxo::Data + std::fmt::Debug> Sink<T> for Print {
-    type Error = NoError;
+    // Printing cannot fail.
+    type Error = std::convert::Infallible;
 
-    async fn write(&self, batch: &SinkBatch<T>) -> Result<(), WriteError<NoError>> {
+    async fn write(&self, batch: &SinkBatch<T>) -> Result<(), WriteError<Self::Error>> {
         for (value, meta) in batch.iter() {
             let window = if meta.window.is_global() {
                 "no window".to_string()

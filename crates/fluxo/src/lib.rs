@@ -63,7 +63,7 @@ pub use finalizer::{
 pub use metrics::{MetricScope, Metrics};
 pub use pipeline::{
     PCollection, PTransform, Parallel, Pipeline, PipelineConfig, PipelineError, RunOptions,
-    Runnable, StepKind, Tagged, WithLate,
+    Runnable, StepFailure, StepKind, Tagged, WithLate,
 };
 pub use report::{BufferReport, RunReport, SinkReport, SourceReport, StepReport};
 pub use shutdown::{Shutdown, ShutdownSignal};

@@ -29,7 +29,7 @@ use crate::report::RunReport;
 use crate::runner;
 use crate::shutdown::{Shutdown, ShutdownSignal};
 use crate::sink::{run_sink, Sink, SinkConfig};
-use crate::source::{run_source, Source};
+use crate::source::{run_source, BoxError, Source};
 use crate::window::Windowing;
 
 /// Pipeline-wide settings.
@@ -110,12 +110,13 @@ pub enum PipelineError {
     #[error("invalid pipeline: {}", .0.join("; "))]
     Build(Vec<String>),
     /// A step failed while running (a source error, a sink that could not close, a panic).
-    #[error("step '{step}' failed: {message}")]
+    #[error("step '{step}' failed: {source}")]
     Step {
         /// Step label.
         step: String,
-        /// What happened.
-        message: String,
+        /// The error the step returned, whole (a connector's own error type: see
+        /// [`PipelineError::step_error`]), or a [`StepFailure`] for a panic or an abort.
+        source: BoxError,
     },
     /// The drain after shutdown did not finish in time.
     #[error("drain did not finish within {0:?}; unfinished elements were reported as errored")]
@@ -130,6 +131,28 @@ pub enum PipelineError {
     },
 }
 
+/// How a step failed when it did not return an error of its own.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepFailure {
+    /// The step panicked (with the panic's message).
+    #[error("panicked: {0}")]
+    Panicked(String),
+    /// The step was still running when the drain deadline passed.
+    #[error("aborted at the drain deadline")]
+    Aborted,
+}
+
+impl PipelineError {
+    /// The error a failed step returned, if it is an `E`: lets a caller tell a connector's fatal
+    /// error (a missing subscription, a permission denied) from other failures without parsing text.
+    pub fn step_error<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            PipelineError::Step { source, .. } => source.downcast_ref::<E>(),
+            _ => None,
+        }
+    }
+}
+
 /// Kind of a step, for reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -142,7 +165,7 @@ pub enum StepKind {
     Sink,
 }
 
-pub(crate) type StepFuture = BoxFuture<'static, Result<(), String>>;
+pub(crate) type StepFuture = BoxFuture<'static, Result<(), BoxError>>;
 pub(crate) type Launcher = Box<dyn FnOnce(&mut Wiring) -> StepFuture + Send>;
 
 /// Output slots handed to launchers at run time.
@@ -344,9 +367,8 @@ impl Pipeline {
                 Box::pin(async move {
                     run_source(source, out, batch_size, idle, shutdown, metrics)
                         .await
-                        .map_err(|e| {
+                        .inspect_err(|e| {
                             tracing::error!(source = %label_owned, error = %e, "source failed");
-                            e.to_string()
                         })
                 })
             }),
@@ -356,11 +378,28 @@ impl Pipeline {
     }
 
     /// Merges collections of the same type into one (Beam's `Flatten`). Its watermark is the minimum over
-    /// the non-idle inputs.
+    /// the non-idle inputs. The inputs must have the same windowing (window function, trigger,
+    /// lateness, accumulation): the output has one, and a grouping step after it would otherwise
+    /// treat some inputs' elements by another input's rules. The build fails otherwise.
     pub fn flatten<T: Data>(&self, label: &str, inputs: &[&PCollection<T>]) -> PCollection<T> {
         let windowing = inputs.first().map(|c| c.windowing).unwrap_or_default();
         let mut g = self.graph.borrow_mut();
         let full = g.register(label);
+        if inputs.is_empty() {
+            g.errors
+                .push(format!("step '{full}': flatten needs at least one input"));
+        }
+        if let Some((i, other)) = inputs
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.windowing != windowing)
+        {
+            g.errors.push(format!(
+                "step '{full}': inputs have different windowing (input 0: {:?}; input {i}: {:?}): \
+                 apply the same window_into to every input before flattening",
+                windowing, other.windowing
+            ));
+        }
         let receivers: Vec<Receiver<T>> = inputs
             .iter()
             .map(|c| g.connect::<T>(c.slot, &full))
@@ -648,6 +687,12 @@ impl<T: Data> PCollection<T> {
         let out = transform.expand(self);
         self.graph.borrow_mut().scope.pop();
         out
+    }
+
+    /// [`PCollection::write`] with the default [`SinkConfig`]: batches of up to 500 elements, 4 MiB or
+    /// 200 ms, 4 requests in flight, 10 retries with backoff.
+    pub fn write_default<S: Sink<T>>(&self, label: &str, sink: S) {
+        self.write(label, sink, SinkConfig::default());
     }
 
     /// Writes to a sink with batching, retries and an in-flight limit.

@@ -10,7 +10,7 @@ use crate::finalizer::Guarded;
 use crate::http::{serve_on_own_thread, Health};
 use crate::metrics::StepMetrics;
 use crate::operator::sleep_until;
-use crate::pipeline::{PipelineError, RunOptions, Runnable, StepFuture, StepKind};
+use crate::pipeline::{PipelineError, RunOptions, Runnable, StepFailure, StepFuture, StepKind};
 use crate::report::{BufferReport, RunReport, SinkReport, SourceReport, StepReport};
 use crate::shutdown::Shutdown;
 
@@ -80,16 +80,16 @@ pub(crate) async fn run(
         tokio::select! {
             next = running.next() => {
                 let Some((i, result)) = next else { break };
-                let message = match result {
+                let source = match result {
                     Ok(Ok(())) => continue,
-                    Ok(Err(m)) => m,
-                    Err(e) if e.is_panic() => format!("panicked: {}", panic_text(e.into_panic())),
-                    Err(_) => "aborted at the drain deadline".into(),
+                    Ok(Err(e)) => e,
+                    Err(e) if e.is_panic() => StepFailure::Panicked(panic_text(e.into_panic())).into(),
+                    Err(_) => StepFailure::Aborted.into(),
                 };
-                tracing::error!(step = %labels[i], error = %message, "step failed");
+                tracing::error!(step = %labels[i], error = %source, "step failed");
                 first_error.get_or_insert(PipelineError::Step {
                     step: labels[i].clone(),
-                    message,
+                    source,
                 });
                 if deadline.is_none() {
                     tracing::warn!(pipeline = %runnable.name, "a step failed: stopping sources and draining");

@@ -15,12 +15,20 @@ use crate::element::{Data, Element, PaneInfo, Timestamp, Window};
 use crate::finalizer::{Finalizers, Status};
 use crate::metrics::{MetricScope, SinkMetrics, StepMetrics};
 use crate::operator::sleep_until;
+use crate::source::BoxError;
 
 /// Classifies errors as worth retrying or not, apart from the transport that produced them.
 pub trait ErrorClass {
     /// True for transient faults (timeouts, unavailable, throttling): the engine retries with backoff.
     /// False for permanent ones (invalid argument, permission denied): the elements are rejected.
     fn is_retriable(&self) -> bool;
+}
+
+/// The error of a sink that cannot fail (printing, discarding): never retried, never produced.
+impl ErrorClass for std::convert::Infallible {
+    fn is_retriable(&self) -> bool {
+        match *self {}
+    }
 }
 
 /// The failure of one write request.
@@ -345,7 +353,7 @@ pub(crate) async fn run_sink<T: Data, S: Sink<T>>(
     step: StepMetrics,
     metrics: SinkMetrics,
     label: Arc<str>,
-) -> Result<(), String> {
+) -> Result<(), BoxError> {
     let sink = Arc::new(sink);
     let max_events = config.max_events.max(1);
     let max_in_flight = config.max_in_flight.max(1);
@@ -413,7 +421,7 @@ pub(crate) async fn run_sink<T: Data, S: Sink<T>>(
         }
     }
     metrics.in_flight().set(0);
-    sink.close().await.map_err(|e| e.to_string())
+    sink.close().await.map_err(BoxError::from)
 }
 
 fn push<T: Data>(pending: &mut Pending<T>, e: Element<T>) {

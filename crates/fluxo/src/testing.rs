@@ -561,21 +561,10 @@ impl<T: Data> Sink<T> for CollectingSink<T> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DiscardSink;
 
-/// [`DiscardSink`] never fails.
-#[derive(Debug, thiserror::Error)]
-#[error("unreachable")]
-pub enum Never {}
-
-impl ErrorClass for Never {
-    fn is_retriable(&self) -> bool {
-        match *self {}
-    }
-}
-
 impl<T: Data> Sink<T> for DiscardSink {
-    type Error = Never;
+    type Error = std::convert::Infallible;
 
-    async fn write(&self, _batch: &SinkBatch<T>) -> Result<(), WriteError<Never>> {
+    async fn write(&self, _batch: &SinkBatch<T>) -> Result<(), WriteError<Self::Error>> {
         Ok(())
     }
 }

@@ -826,6 +826,40 @@ async fn labels_are_unique_and_composites_are_scoped() {
 }
 
 #[tokio::test]
+async fn flatten_rejects_inputs_with_different_windowing() {
+    let p = Pipeline::new("flatten-windowing");
+    let a = p.read("A", TestStream::new().add_values([(1u64, secs(1))]));
+    let b = p.read("B", TestStream::new().add_values([(2u64, secs(2))]));
+    let hourly = a.window_into("HourlyA", Windowing::fixed(Duration::from_secs(3600)));
+    let (sink, _) = CollectingSink::new();
+    p.flatten("Both", &[&hourly, &b])
+        .write("Collect", sink, fast_sink());
+    let Err(PipelineError::Build(errors)) = p.build() else {
+        panic!("flattening differently windowed inputs must not build");
+    };
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("'Both'") && errors[0].contains("input 1"),
+        "{errors:?}"
+    );
+
+    // Windowed alike: builds and runs.
+    let p = Pipeline::new("flatten-alike");
+    let w = Windowing::fixed(Duration::from_secs(3600));
+    let a = p
+        .read("A", TestStream::new().add_values([(1u64, secs(1))]))
+        .window_into("HourlyA", w);
+    let b = p
+        .read("B", TestStream::new().add_values([(2u64, secs(2))]))
+        .window_into("HourlyB", w);
+    let (sink, out) = CollectingSink::new();
+    a.flatten_with("Both", &[&b])
+        .write("Collect", sink, fast_sink());
+    p.run(RunOptions::default()).await.unwrap();
+    assert_eq!(out.values_sorted(), vec![1, 2]);
+}
+
+#[tokio::test]
 async fn invalid_windows_are_build_errors() {
     let p = Pipeline::new("bad-window");
     p.read("Read", TestStream::<u64>::new())
@@ -855,6 +889,10 @@ async fn a_panicking_step_fails_the_run_without_acking_its_elements() {
         .write("Out", DiscardSink, fast_sink());
     let err = p.run(RunOptions::default()).await.unwrap_err();
     assert!(err.to_string().contains("Boom"), "{err}");
+    assert_eq!(
+        err.step_error::<fluxo::StepFailure>(),
+        Some(&fluxo::StepFailure::Panicked("bad element".into()))
+    );
     let statuses = acks.statuses().await;
     assert_eq!(statuses.len(), 10);
     assert_ne!(statuses[5], Status::Delivered);
@@ -1023,6 +1061,34 @@ async fn a_failing_step_stops_an_unbounded_run() {
     let result = tokio::time::timeout(Duration::from_secs(10), p.run(RunOptions::default())).await;
     let err = result.expect("the run stopped by itself").unwrap_err();
     assert!(err.to_string().contains("Boom"), "{err}");
+}
+
+/// A connector's error reaches the caller whole: it can match it, not parse it.
+#[tokio::test]
+async fn a_step_error_keeps_its_type() {
+    #[derive(Debug, PartialEq, thiserror::Error)]
+    #[error("subscription {0} not found")]
+    struct NotFound(&'static str);
+
+    struct Failing;
+    impl fluxo::Source for Failing {
+        type Output = u64;
+        async fn run(self, _ctx: fluxo::SourceContext<u64>) -> Result<(), fluxo::BoxError> {
+            Err(NotFound("orders").into())
+        }
+    }
+    let p = Pipeline::new("typed");
+    p.read("Read", Failing)
+        .write("Out", DiscardSink, fast_sink());
+    let err = p.run(RunOptions::default()).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "step 'Read' failed: subscription orders not found"
+    );
+    assert_eq!(err.step_error::<NotFound>(), Some(&NotFound("orders")));
+    assert_eq!(err.step_error::<fluxo::StepFailure>(), None);
+    let source = std::error::Error::source(&err).map(ToString::to_string);
+    assert_eq!(source.as_deref(), Some("subscription orders not found"));
 }
 
 /// Routes elements older than the input watermark to the dead-letter output.

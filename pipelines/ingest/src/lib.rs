@@ -269,6 +269,15 @@ impl Data for Routed {
 }
 
 /// Attribute names of the published messages.
+/// Labels of the steps the run report and the metrics (`step` label) name; one declaration, used by
+/// the graph and by the report.
+pub mod steps {
+    /// Step label of the sink that publishes invoices to the topic.
+    pub const PUBLISH_INVOICES: &str = "PublishInvoices";
+    /// Step label of the sink that publishes dead letters to their topic.
+    pub const PUBLISH_DEAD_LETTERS: &str = "PublishDeadLetters";
+}
+
 pub mod attr {
     /// `NFeID` when the record has a readable one.
     pub const NFE_ID: &str = "nfe_id";
@@ -571,13 +580,13 @@ async fn run_registered(
                 Routed::Invoice(m) => Some(m),
                 Routed::DeadLetter(_) => None,
             })
-            .write("PublishInvoices", topic, cfg.publish);
+            .write(steps::PUBLISH_INVOICES, topic, cfg.publish);
         routed
             .flat_map("DeadLetters", |r: Routed| match r {
                 Routed::DeadLetter(m) => Some(m),
                 Routed::Invoice(_) => None,
             })
-            .write("PublishDeadLetters", dead_topic, cfg.publish);
+            .write(steps::PUBLISH_DEAD_LETTERS, dead_topic, cfg.publish);
         p.build().map_err(|e| IngestError::Run(e.to_string()))?
     };
     let result = runnable
@@ -598,8 +607,12 @@ async fn run_registered(
         }
     };
     let report = IngestReport {
-        published: report.sink("PublishInvoices").map_or(0, |s| s.written),
-        dead_letters: report.sink("PublishDeadLetters").map_or(0, |s| s.written),
+        published: report
+            .sink(steps::PUBLISH_INVOICES)
+            .map_or(0, |s| s.written),
+        dead_letters: report
+            .sink(steps::PUBLISH_DEAD_LETTERS)
+            .map_or(0, |s| s.written),
         dead_letters_by_reason: dead_log.counts(),
         limits,
         poll,

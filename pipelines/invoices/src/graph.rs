@@ -448,6 +448,27 @@ pub struct Sinks {
     pub dead_letter_topic: PubsubSink<PubsubOut>,
 }
 
+/// Labels of the steps the run report, the metrics (`step` label) and the alert rules name; one
+/// declaration, used by the graph and by whoever reads the report.
+pub mod steps {
+    /// Step label of validation: its `sent` are the valid invoices, its `errors` the dead letters.
+    pub const VALIDATE: &str = "Validate";
+    /// Step label of the Bigtable sink.
+    pub const BIGTABLE: &str = "Bigtable";
+    /// Step label of the BigQuery sink.
+    pub const BIGQUERY: &str = "BigQuery";
+    /// Step label of the raw archive (messages on time for their hour).
+    pub const RAW_ARCHIVE: &str = "RawArchive";
+    /// Step label of the raw archive of messages late for their hour.
+    pub const RAW_ARCHIVE_LATE: &str = "RawArchiveLate";
+    /// Step label of the processed archive (one line per invoice item).
+    pub const PROCESSED_ARCHIVE: &str = "ProcessedArchive";
+    /// Step label of dead letters to Cloud Storage.
+    pub const DEAD_LETTER_ARCHIVE: &str = "DeadLetterArchive";
+    /// Step label of dead letters to their Pub/Sub topic.
+    pub const DEAD_LETTER_TOPIC: &str = "DeadLetterTopic";
+}
+
 /// Adds every step after the source to the pipeline of `messages`.
 pub fn build(
     messages: &PCollection<PubsubMessage>,
@@ -465,17 +486,21 @@ pub fn build(
                     allowed_lateness: s.allowed_lateness,
                 },
             );
-        routed
-            .main
-            .write("RawArchive", LatencySink::new(on_time), s.archive_batch);
-        routed
-            .dead_letters
-            .write("RawArchiveLate", LatencySink::new(late), s.archive_batch);
+        routed.main.write(
+            steps::RAW_ARCHIVE,
+            LatencySink::new(on_time),
+            s.archive_batch,
+        );
+        routed.dead_letters.write(
+            steps::RAW_ARCHIVE_LATE,
+            LatencySink::new(late),
+            s.archive_batch,
+        );
     }
 
     let validated = messages
         .parallel(s.parallelism)
-        .par_do("Validate", s.validate.clone());
+        .par_do(steps::VALIDATE, s.validate.clone());
     fan_out(validated, sinks, s, codes);
 }
 
@@ -489,7 +514,7 @@ pub fn build_replay(
 ) {
     let validated = lines
         .parallel(s.parallelism)
-        .par_do("Validate", ValidateArchived(s.validate.clone()));
+        .par_do(steps::VALIDATE, ValidateArchived(s.validate.clone()));
     fan_out(validated, sinks, s, codes);
 }
 
@@ -508,14 +533,14 @@ fn fan_out(
         .flat_map("BigtableRows", move |inv: Shared<Invoice>| {
             bigtable_mutations(&layout, &inv)
         })
-        .write("Bigtable", sinks.bigtable, s.bigtable_batch);
+        .write(steps::BIGTABLE, sinks.bigtable, s.bigtable_batch);
 
     let bq = sinks.bigquery_layout;
     invoices
         .parallel(s.parallelism)
         .flat_map("BigQueryRows", move |inv: Shared<Invoice>| bq.rows(&inv))
         .write(
-            "BigQuery",
+            steps::BIGQUERY,
             LatencySink::new(sinks.bigquery),
             s.bigquery_batch,
         );
@@ -528,7 +553,7 @@ fn fan_out(
                     .collect::<Vec<_>>()
             })
             .write(
-                "ProcessedArchive",
+                steps::PROCESSED_ARCHIVE,
                 LatencySink::new(processed),
                 s.archive_batch,
             );
@@ -545,13 +570,13 @@ fn fan_out(
         });
     dead.map("DeadLetterObject", |e: EncodedDeadLetter| e.object)
         .write(
-            "DeadLetterArchive",
+            steps::DEAD_LETTER_ARCHIVE,
             LatencySink::new(sinks.dead_letter_objects),
             s.dead_letter_batch,
         );
     dead.map("DeadLetterMessage", |e: EncodedDeadLetter| e.message)
         .write(
-            "DeadLetterTopic",
+            steps::DEAD_LETTER_TOPIC,
             LatencySink::new(sinks.dead_letter_topic),
             s.dead_letter_batch,
         );
@@ -634,7 +659,7 @@ mod tests {
                 ),
             )
             .par_do(
-                "Validate",
+                steps::VALIDATE,
                 ValidateArchived(Validate::new(
                     nfe::Intake::new(validator.clone(), None),
                     None,
