@@ -629,10 +629,16 @@ impl<T: Data> PCollection<T> {
         self.parallel(1).filter(label, f)
     }
 
-    /// Runs a [`DoFn`]; returns its main and dead-letter outputs.
+    /// Runs a [`DoFn`]; returns its main and dead-letter outputs. A dead-letter output nothing
+    /// consumes is logged at build (its elements would count as handled), unless its type is
+    /// `Infallible` (a `DoFn` without dead letters).
     pub fn par_do<D: DoFn<In = T>>(&self, label: &str, dofn: D) -> Tagged<D::Out, D::Dead> {
-        let (main, dead_letters) =
-            self.elementwise(label, vec![ParDoFn::new(dofn)], self.windowing, true);
+        let (main, dead_letters) = self.elementwise(
+            label,
+            vec![ParDoFn::new(dofn)],
+            self.windowing,
+            may_dead_letter::<D::Dead>(),
+        );
         Tagged { main, dead_letters }
     }
 
@@ -717,6 +723,11 @@ impl<T: Data> PCollection<T> {
     }
 }
 
+/// False for a dead-letter type that has no values (`Infallible`): nothing to warn about.
+fn may_dead_letter<D: 'static>() -> bool {
+    std::any::TypeId::of::<D>() != std::any::TypeId::of::<std::convert::Infallible>()
+}
+
 /// Element-wise steps with a chosen parallelism; see [`PCollection::parallel`].
 pub struct Parallel<'a, T> {
     input: &'a PCollection<T>,
@@ -774,7 +785,8 @@ impl<T: Data> Parallel<'_, T> {
     pub fn par_do<D: DoFn<In = T> + Clone>(&self, label: &str, dofn: D) -> Tagged<D::Out, D::Dead> {
         let instances = (0..self.n).map(|_| ParDoFn::new(dofn.clone())).collect();
         let w = self.input.windowing;
-        let (main, dead_letters) = self.input.elementwise(label, instances, w, true);
+        let warn = may_dead_letter::<D::Dead>();
+        let (main, dead_letters) = self.input.elementwise(label, instances, w, warn);
         Tagged { main, dead_letters }
     }
 }
