@@ -14,7 +14,9 @@
 //! 3. the core path Pub/Sub -> validate/enrich -> Bigtable only;
 //! 4. a replay of a raw archive on `file://` into Bigtable only, against the Bigtable ceiling;
 //! 5. publish-to-Bigtable latency of the whole pipeline at a fixed moderate publish rate;
-//! 6. peak RSS of a worker process doing the same work over a small and a large backlog.
+//! 6. peak RSS of a worker process doing the same work over a small and a large backlog;
+//! 7. peak RSS of a worker process through invoices of 990 items (the NF-e maximum) next to the
+//!    same number of usual invoices (1-8 items).
 //!
 //! Messages are published as `ingest` publishes them: the record's exact bytes and its attributes
 //! (`source`, `page_cursor`, `nfe_id`, `emission_date`, `content_hash`).
@@ -22,10 +24,11 @@
 //! Run: `cargo bench --bench invoices`. Sizes: `FLUXO_BENCH_INVOICES` (default 50,000),
 //! `FLUXO_BENCH_INVOICES_REPLAY` (100,000), `FLUXO_BENCH_INVOICES_RATE` (latency run, invoices/s,
 //! 1,000), `FLUXO_BENCH_INVOICES_RSS` (large backlog of the RSS run, 200,000),
+//! `FLUXO_BENCH_INVOICES_RSS990` (invoices of each kind in the 990-item RSS run, 500),
 //! `FLUXO_BENCH_INVOICES_REPLAY_ROUNDS` (5), `FLUXO_BENCH_INVOICES_IDLE_SECS` (the idle CPU
 //! measurement, 10; 0 skips it). Tuning of the profile (`docs/invoices.md`):
 //! `FLUXO_BENCH_INVOICES_TUNING="processed_archive = false; bigquery_batch_rows = 4000"`.
-//! Only some phases: `FLUXO_BENCH_INVOICES_PHASES=core` (of `core,replay,latency,rss`; `none` for none
+//! Only some phases: `FLUXO_BENCH_INVOICES_PHASES=core` (of `core,replay,latency,rss,rss990`; `none` for none
 //! of them: the ceilings, the whole run and its costs always run).
 
 #[path = "common/bigquery.rs"]
@@ -100,6 +103,18 @@ fn generator(count: u64, seed: u64) -> Generator {
     .expect("generator")
 }
 
+/// Invoices of exactly `items` items each (990 is the NF-e maximum).
+fn generator_with_items(count: u64, seed: u64, items: u32) -> Generator {
+    Generator::new(GeneratorConfig {
+        seed,
+        count,
+        min_items: items,
+        max_items: items,
+        ..GeneratorConfig::default()
+    })
+    .expect("generator")
+}
+
 async fn pubsub(project: &str) -> PubsubClient {
     PubsubClient::connect(Endpoint::resolve(None).expect("endpoint"), project)
         .await
@@ -158,10 +173,17 @@ async fn publish(client: &PubsubClient, topic: &str, g: &Generator) -> u64 {
     let mut id = 1;
     let mut bytes = 0;
     while id <= g.count() {
-        let end = (id + 1000).min(g.count() + 1);
-        let messages: Vec<RawMessage> = (id..end).map(|i| message(g, &v, i)).collect();
-        bytes += messages.iter().map(message_bytes).sum::<u64>();
-        id = end;
+        // At most 1,000 messages and 8 MB per request (Pub/Sub takes 10 MB): large invoices go
+        // fewer to a request.
+        let mut messages: Vec<RawMessage> = Vec::new();
+        let mut request_bytes = 0;
+        while id <= g.count() && messages.len() < 1000 && request_bytes < 8_000_000 {
+            let m = message(g, &v, id);
+            request_bytes += message_bytes(&m);
+            messages.push(m);
+            id += 1;
+        }
+        bytes += request_bytes;
         if tasks.len() >= 4 {
             tasks.join_next().await;
         }
@@ -720,11 +742,17 @@ fn child() {
 
 /// Publishes a backlog of `backlog` records, then runs the whole pipeline in a child process until
 /// it has processed `n` of them; returns the child's peak RSS.
-async fn rss_run(project: &str, name: &str, archive: &str, backlog: u64, n: u64) -> (u64, String) {
+async fn rss_run(
+    project: &str,
+    name: &str,
+    archive: &str,
+    backlog: &Generator,
+    n: u64,
+) -> (u64, String) {
     let p = profile(project, name, archive);
     invoices::provision(&p).await.expect("provision");
     let client = pubsub(project).await;
-    publish(&client, &p.topic, &generator(backlog, 99)).await;
+    publish(&client, &p.topic, backlog).await;
     let (name, archive) = (name.to_string(), archive.to_string());
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(std::env::current_exe().expect("exe"))
@@ -800,6 +828,7 @@ fn main() {
     let replay_n = env_count("INVOICES_REPLAY", 100_000);
     let rate = env_count("INVOICES_RATE", 1_000);
     let rss_n = env_count("INVOICES_RSS", 200_000);
+    let rss990_n = env_count("INVOICES_RSS990", 500);
     let emulators = Emulators::start(&[
         Service::PubSub,
         Service::Bigtable,
@@ -1145,10 +1174,30 @@ fn main() {
             // backlog of `n` and over a backlog of `rss_n`: the difference is the backlog's cost.
             for (name, backlog) in [("rsssmall", n), ("rsslarge", rss_n.max(n))] {
                 let (kib, line) =
-                    rss_run(&project, name, &format!("gs://bench-{name}"), backlog, n).await;
+                    rss_run(&project, name, &format!("gs://bench-{name}"), &generator(backlog, 99), n).await;
                 drop_table(&profile(&project, name, "gs://unused")).await;
                 println!(
                     "peak RSS of a worker stopped once {n} records were acknowledged, over a backlog of {backlog}: {:.0} MiB ({line})",
+                    kib as f64 / 1024.0
+                );
+            }
+        }
+        if phase("rss990") {
+            // 7. Peak RSS of a worker through invoices of 990 items (the NF-e maximum: each one
+            // fans out into 990 BigQuery rows and 990 processed lines) next to the same number of
+            // the usual 1-8 item invoices: buffers bound the bytes they hold, so the peak stays
+            // bounded although each invoice is ~150 times larger.
+            for (name, items) in [("rssitems8", None), ("rssitems990", Some(990))] {
+                let g = match items {
+                    Some(k) => generator_with_items(rss990_n, 98, k),
+                    None => generator(rss990_n, 98),
+                };
+                let (kib, line) =
+                    rss_run(&project, name, &format!("gs://bench-{name}"), &g, rss990_n).await;
+                drop_table(&profile(&project, name, "gs://unused")).await;
+                println!(
+                    "peak RSS of a worker through {rss990_n} invoices of {} items: {:.0} MiB ({line})",
+                    items.map_or("1-8".to_string(), |k| k.to_string()),
                     kib as f64 / 1024.0
                 );
             }

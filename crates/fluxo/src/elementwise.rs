@@ -15,6 +15,7 @@ use crate::element::{Data, Element, PaneInfo, Timestamp, Window};
 use crate::finalizer::{Finalizers, Status};
 use crate::metrics::{MetricScope, StepMetrics};
 use crate::operator::{Operator, Output};
+use crate::tagged::{OutputTag, SideBuffers, SideOutputs};
 use crate::window::WindowFn;
 
 impl Data for Infallible {}
@@ -30,10 +31,17 @@ pub(crate) trait BatchFn: Send + 'static {
         batch: Vec<Element<Self::In>>,
         out: &mut Vec<Element<Self::Out>>,
         dead: &mut Vec<Element<Self::Dead>>,
+        side: &mut SideBuffers,
     ) -> u64;
 
     /// The step's input watermark when the next batch is processed (only [`DoFn`]s look at it).
     fn set_input_watermark(&mut self, _watermark: Timestamp) {}
+
+    /// Once per instance when the step starts (only [`DoFn`]s have a hook).
+    fn setup(&mut self) {}
+
+    /// Once per instance when the step's input ended (only [`DoFn`]s have a hook).
+    fn teardown(&mut self) {}
 
     /// Lets the step's user code register its metrics (only [`DoFn`]s have any).
     fn register_metrics(&mut self, _metrics: &MetricScope) {}
@@ -57,6 +65,7 @@ where
         batch: Vec<Element<T>>,
         out: &mut Vec<Element<U>>,
         _dead: &mut Vec<Element<Infallible>>,
+        _side: &mut SideBuffers,
     ) -> u64 {
         let f = &*self.0;
         out.extend(batch.into_iter().map(|e| {
@@ -97,6 +106,7 @@ where
         batch: Vec<Element<T>>,
         out: &mut Vec<Element<I::Item>>,
         _dead: &mut Vec<Element<Infallible>>,
+        _side: &mut SideBuffers,
     ) -> u64 {
         let f = &*self.0;
         let mut dropped = 0;
@@ -150,6 +160,7 @@ where
         batch: Vec<Element<T>>,
         out: &mut Vec<Element<T>>,
         _dead: &mut Vec<Element<Infallible>>,
+        _side: &mut SideBuffers,
     ) -> u64 {
         let f = &*self.0;
         let before = batch.len();
@@ -170,6 +181,7 @@ impl<T: Data> BatchFn for WindowIntoFn<T> {
         batch: Vec<Element<T>>,
         out: &mut Vec<Element<T>>,
         _dead: &mut Vec<Element<Infallible>>,
+        _side: &mut SideBuffers,
     ) -> u64 {
         let window_fn = self.0;
         if let WindowFn::Sliding { .. } = window_fn {
@@ -203,8 +215,9 @@ impl<T: Data> BatchFn for WindowIntoFn<T> {
     }
 }
 
-/// A user function with Beam's `DoFn` shape: bundle hooks around per-element processing, and two tagged
-/// outputs — the main output and the dead-letter output for bad data.
+/// A user function with Beam's `DoFn` shape: `setup`/`teardown` per instance, bundle hooks around
+/// per-element processing, the main output, the dead-letter output for bad data, and any number of
+/// named additional outputs ([`crate::OutputTag`], [`DoFnContext::output_to`]).
 ///
 /// A bundle is one batch of input. Outputs of [`DoFn::process`] share the input's acknowledgement;
 /// outputs of [`DoFn::finish_bundle`] share the acknowledgement of every input of the bundle, so a `DoFn`
@@ -239,6 +252,15 @@ pub trait DoFn: Send + 'static {
     /// default.
     fn register_metrics(&mut self, _metrics: &MetricScope) {}
 
+    /// Called once per instance when the pipeline starts running, before its first bundle: open
+    /// clients, load reference data.
+    fn setup(&mut self) {}
+
+    /// Called once per instance after its last bundle, when the step's input ended (the end of a
+    /// bounded input, or a drain): close what `setup` opened. Best effort, as in Beam: not called
+    /// when the step fails or is aborted.
+    fn teardown(&mut self) {}
+
     /// Called before the first element of each bundle.
     fn start_bundle(&mut self) {}
 
@@ -253,6 +275,7 @@ pub trait DoFn: Send + 'static {
 pub struct DoFnContext<'a, O, D> {
     out: &'a mut Vec<Element<O>>,
     dead: &'a mut Vec<Element<D>>,
+    side: &'a mut SideBuffers,
     timestamp: Timestamp,
     window: Window,
     pane: PaneInfo,
@@ -298,6 +321,20 @@ impl<O, D> DoFnContext<'_, O, D> {
             pane: self.pane,
             finalizers: self.finalizers.clone(),
         });
+    }
+
+    /// Emits to the additional output named by `tag`, with the input's timestamp and window. The
+    /// pipeline reads it with [`crate::Tagged::output`]; an element sent to a tag the pipeline does not
+    /// read is failed (rejected, with the reason), never acknowledged silently.
+    pub fn output_to<T: Data>(&mut self, tag: &OutputTag<T>, value: T) {
+        let e = Element {
+            value,
+            timestamp: self.timestamp,
+            window: self.window,
+            pane: self.pane,
+            finalizers: self.finalizers.clone(),
+        };
+        self.side.push(tag, e);
     }
 
     /// Emits to the dead-letter output. The source element counts as delivered once the dead letter is
@@ -361,19 +398,29 @@ impl<D: DoFn> BatchFn for ParDoFn<D> {
         self.dofn.register_metrics(metrics);
     }
 
+    fn setup(&mut self) {
+        self.dofn.setup();
+    }
+
+    fn teardown(&mut self) {
+        self.dofn.teardown();
+    }
+
     fn process_batch(
         &mut self,
         batch: Vec<Element<D::In>>,
         out: &mut Vec<Element<D::Out>>,
         dead: &mut Vec<Element<D::Dead>>,
+        side: &mut SideBuffers,
     ) -> u64 {
         self.dofn.start_bundle();
         let mut dropped = 0;
         for e in batch {
-            let (o, d) = (out.len(), dead.len());
+            let (o, d, t) = (out.len(), dead.len(), side.len());
             let mut ctx = DoFnContext {
                 out: &mut *out,
                 dead: &mut *dead,
+                side: &mut *side,
                 timestamp: e.timestamp,
                 window: e.window,
                 pane: e.pane,
@@ -381,7 +428,7 @@ impl<D: DoFn> BatchFn for ParDoFn<D> {
                 input_watermark: self.input_watermark,
             };
             self.dofn.process(e.value, &mut ctx);
-            if out.len() == o && dead.len() == d {
+            if out.len() == o && dead.len() == d && side.len() == t {
                 dropped += 1;
             }
             if !e.finalizers.is_empty() {
@@ -425,6 +472,8 @@ struct Done<F: BatchFn> {
     f: Option<F>,
     out: Vec<Element<F::Out>>,
     dead: Vec<Element<F::Dead>>,
+    /// Dropped with the result: its own `Drop` fails what was not sent.
+    side: SideBuffers,
     received: u64,
     dropped: u64,
     elapsed: Duration,
@@ -451,16 +500,17 @@ impl<F: BatchFn> Drop for Done<F> {
     }
 }
 
-fn run_batch<F: BatchFn>(mut f: F, batch: Vec<Element<F::In>>) -> Done<F> {
+fn run_batch<F: BatchFn>(mut f: F, batch: Vec<Element<F::In>>, mut side: SideBuffers) -> Done<F> {
     let start = Instant::now();
     let received = batch.len() as u64;
     let mut out = Vec::with_capacity(batch.len());
     let mut dead = Vec::new();
-    let dropped = f.process_batch(batch, &mut out, &mut dead);
+    let dropped = f.process_batch(batch, &mut out, &mut dead, &mut side);
     Done {
         f: Some(f),
         out,
         dead,
+        side,
         received,
         dropped,
         elapsed: start.elapsed(),
@@ -486,17 +536,20 @@ pub(crate) struct ElementwiseOp<F: BatchFn> {
     input_watermark: Timestamp,
     main: Output<F::Out>,
     dead: Output<F::Dead>,
+    sides: SideOutputs,
     metrics: StepMetrics,
 }
 
 impl<F: BatchFn> ElementwiseOp<F> {
     pub(crate) fn new(
-        instances: Vec<F>,
+        mut instances: Vec<F>,
         main: Output<F::Out>,
         dead: Output<F::Dead>,
+        sides: SideOutputs,
         metrics: StepMetrics,
     ) -> Self {
         let parallelism = instances.len().max(1);
+        instances.iter_mut().for_each(BatchFn::setup);
         ElementwiseOp {
             pool: instances,
             parallelism,
@@ -506,6 +559,7 @@ impl<F: BatchFn> ElementwiseOp<F> {
             input_watermark: Timestamp::MIN,
             main,
             dead,
+            sides,
             metrics,
         }
     }
@@ -513,6 +567,7 @@ impl<F: BatchFn> ElementwiseOp<F> {
     async fn emit(&mut self, mut done: Done<F>) {
         let out = std::mem::take(&mut done.out);
         let dead = std::mem::take(&mut done.dead);
+        let side = std::mem::take(&mut done.side);
         let m = &self.metrics;
         m.received.inc_by(done.received);
         m.observe_batch(done.received, done.elapsed);
@@ -525,6 +580,9 @@ impl<F: BatchFn> ElementwiseOp<F> {
         if errors > 0 {
             discarded += self.dead.send(dead).await;
         }
+        let (side_sent, side_unconsumed) = self.sides.send(side).await;
+        let sent = sent + side_sent;
+        discarded += side_unconsumed;
         m.sent.inc_by(sent);
         m.errors.inc_by(errors);
         if discarded > 0 {
@@ -574,6 +632,7 @@ impl<F: BatchFn> ElementwiseOp<F> {
     fn forward_watermark(&self, wm: Watermark) {
         self.main.send_watermark(wm);
         self.dead.send_watermark(wm);
+        self.sides.send_watermark(wm);
     }
 }
 
@@ -584,7 +643,7 @@ impl<F: BatchFn> Operator for ElementwiseOp<F> {
         if self.parallelism == 1 {
             if let Some(mut f) = self.pool.pop() {
                 f.set_input_watermark(self.input_watermark);
-                let done = run_batch(f, batch);
+                let done = run_batch(f, batch, self.sides.buffers());
                 self.emit(done).await;
             }
             return;
@@ -599,7 +658,8 @@ impl<F: BatchFn> Operator for ElementwiseOp<F> {
             // records can take tens of milliseconds), and the runtime's workers must stay free for
             // sources, sinks, acknowledgements, lease extensions and the health endpoint. A result
             // nobody receives (the step was aborted) is dropped as not delivered (see `Done`).
-            let handle = tokio::task::spawn_blocking(move || run_batch(f, batch));
+            let side = self.sides.buffers();
+            let handle = tokio::task::spawn_blocking(move || run_batch(f, batch, side));
             self.pending.push_back(Pending::Batch(handle));
         }
     }
@@ -631,6 +691,7 @@ impl<F: BatchFn> Operator for ElementwiseOp<F> {
         while self.has_ready_work() {
             self.complete_front().await;
         }
+        self.pool.iter_mut().for_each(BatchFn::teardown);
     }
 }
 
@@ -659,14 +720,24 @@ mod tests {
     fn flat_map_and_filter_count_drops() {
         let mut fm = FlatMapFn(Arc::new(|n: u32| (0..n).collect::<Vec<_>>()), PhantomData);
         let (mut out, mut dead) = (Vec::new(), Vec::new());
-        let dropped = fm.process_batch(vec![el(2, 1), el(0, 2), el(1, 3)], &mut out, &mut dead);
+        let dropped = fm.process_batch(
+            vec![el(2, 1), el(0, 2), el(1, 3)],
+            &mut out,
+            &mut dead,
+            &mut SideBuffers::default(),
+        );
         assert_eq!(dropped, 1);
         let got: Vec<_> = out.iter().map(|e| (e.value, e.timestamp.0)).collect();
         assert_eq!(got, vec![(0, 1), (1, 1), (0, 3)]);
 
         let mut f = FilterFn(Arc::new(|n: &u32| n.is_multiple_of(2)), PhantomData);
         let mut out = Vec::new();
-        let dropped = f.process_batch(vec![el(1, 0), el(2, 0), el(4, 0)], &mut out, &mut dead);
+        let dropped = f.process_batch(
+            vec![el(1, 0), el(2, 0), el(4, 0)],
+            &mut out,
+            &mut dead,
+            &mut SideBuffers::default(),
+        );
         assert_eq!(dropped, 1);
         assert_eq!(out.len(), 2);
     }
@@ -699,7 +770,7 @@ mod tests {
             .collect();
         let mut p = ParDoFn::new(Buffering(Vec::new()));
         let (mut out, mut dead) = (Vec::new(), Vec::new());
-        let dropped = p.process_batch(batch, &mut out, &mut dead);
+        let dropped = p.process_batch(batch, &mut out, &mut dead, &mut SideBuffers::default());
         assert_eq!(dropped, 2, "1 and 2 emitted nothing in process");
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].value, 3);
@@ -720,7 +791,12 @@ mod tests {
             PhantomData,
         );
         let (mut out, mut dead) = (Vec::new(), Vec::new());
-        w.process_batch(vec![el("x", 7_000_000)], &mut out, &mut dead);
+        w.process_batch(
+            vec![el("x", 7_000_000)],
+            &mut out,
+            &mut dead,
+            &mut SideBuffers::default(),
+        );
         let mut wins: Vec<_> = out.iter().map(|e| e.window.start.0).collect();
         wins.sort();
         assert_eq!(wins, vec![0, 5_000_000]);

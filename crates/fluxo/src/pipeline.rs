@@ -30,6 +30,7 @@ use crate::runner;
 use crate::shutdown::{Shutdown, ShutdownSignal};
 use crate::sink::{run_sink, Sink, SinkConfig};
 use crate::source::{run_source, BoxError, Source};
+use crate::tagged::{OutputTag, SideOutputs, SideSpecs, TypedSpec};
 use crate::window::Windowing;
 
 /// Pipeline-wide settings.
@@ -175,7 +176,7 @@ pub(crate) struct Wiring {
 }
 
 impl Wiring {
-    fn take<T: Data>(&mut self, slot: usize) -> Output<T> {
+    pub(crate) fn take<T: Data>(&mut self, slot: usize) -> Output<T> {
         let senders = self.slots[slot]
             .take()
             .and_then(|b| b.downcast::<Vec<Sender<T>>>().ok())
@@ -187,7 +188,8 @@ impl Wiring {
 
 struct Slot {
     producer: String,
-    tag: &'static str,
+    /// Which output of the producer (`main`, `dead_letters`, `late`, or a tag's name).
+    tag: String,
     senders: Box<dyn Any + Send>,
     consumers: usize,
     warn_unconsumed: bool,
@@ -239,7 +241,7 @@ impl Graph {
     fn new_slot<T: Data>(&mut self, producer: &str, tag: &'static str, warn: bool) -> usize {
         self.slots.push(Slot {
             producer: producer.to_string(),
-            tag,
+            tag: tag.to_string(),
             senders: Box::new(Vec::<Sender<T>>::new()),
             consumers: 0,
             warn_unconsumed: warn,
@@ -439,7 +441,7 @@ impl Pipeline {
         {
             tracing::warn!(
                 step = %slot.producer,
-                output = slot.tag,
+                output = %slot.tag,
                 "output has no consumer: its elements are discarded (and count as handled)"
             );
         }
@@ -528,12 +530,61 @@ impl<T> Clone for PCollection<T> {
 /// The output of a grouping step and its late output: `(per-pane results, late inputs)`.
 pub type WithLate<K, O, V> = (PCollection<(K, O)>, PCollection<(K, V)>);
 
-/// The two tagged outputs of a [`DoFn`]: the main output and the dead letters.
+/// The outputs of a [`DoFn`]: the main output, the dead letters, and any named additional output
+/// ([`Tagged::output`]).
 pub struct Tagged<O, D> {
     /// Main output.
     pub main: PCollection<O>,
     /// Dead-letter output.
     pub dead_letters: PCollection<D>,
+    step: String,
+    sides: SideSpecs,
+    /// Additional outputs read so far: tag id -> slot, so reading one twice gives the same output.
+    read: RefCell<Vec<(u64, usize)>>,
+}
+
+impl<O: Data, D: Data> Tagged<O, D> {
+    fn new(
+        main: PCollection<O>,
+        dead_letters: PCollection<D>,
+        step: String,
+        sides: SideSpecs,
+    ) -> Self {
+        Tagged {
+            main,
+            dead_letters,
+            step,
+            sides,
+            read: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The additional output named by `tag` (Beam's `PCollectionTuple.get`): the elements the `DoFn`
+    /// emitted with [`crate::DoFnContext::output_to`], with their timestamps, windows and
+    /// acknowledgement. Elements sent to a tag the pipeline never reads are failed, not dropped.
+    pub fn output<T: Data>(&self, tag: &OutputTag<T>) -> PCollection<T> {
+        let graph = Rc::clone(&self.main.graph);
+        let windowing = self.main.windowing;
+        if let Some(&(_, slot)) = self.read.borrow().iter().find(|(id, _)| *id == tag.id()) {
+            return PCollection::new(graph, slot, windowing);
+        }
+        let slot = {
+            let mut g = graph.borrow_mut();
+            let slot = g.new_slot::<T>(&self.step, "tagged", true);
+            g.slots[slot].tag = tag.name().to_string();
+            slot
+        };
+        self.sides
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(TypedSpec::<T> {
+                id: tag.id(),
+                slot,
+                _t: PhantomData,
+            }));
+        self.read.borrow_mut().push((tag.id(), slot));
+        PCollection::new(graph, slot, windowing)
+    }
 }
 
 /// A composite transform: a reusable function from a collection to anything (usually a collection or a
@@ -570,10 +621,23 @@ impl<T: Data> PCollection<T> {
     fn elementwise<F: BatchFn<In = T>>(
         &self,
         label: &str,
-        mut instances: Vec<F>,
+        instances: Vec<F>,
         windowing: Windowing,
         warn_dead: bool,
     ) -> (PCollection<F::Out>, PCollection<F::Dead>) {
+        let (main, dead, _, _) = self.elementwise_tagged(label, instances, windowing, warn_dead);
+        (main, dead)
+    }
+
+    /// An element-wise step with its main and dead-letter outputs, its full label and the list its
+    /// additional outputs are added to ([`Tagged::output`]).
+    fn elementwise_tagged<F: BatchFn<In = T>>(
+        &self,
+        label: &str,
+        mut instances: Vec<F>,
+        windowing: Windowing,
+        warn_dead: bool,
+    ) -> (PCollection<F::Out>, PCollection<F::Dead>, String, SideSpecs) {
         let mut g = self.graph.borrow_mut();
         let full = g.register(label);
         let scope = g.metrics.scope(&[("step", &full)]);
@@ -583,11 +647,16 @@ impl<T: Data> PCollection<T> {
         let rx = g.connect::<T>(self.slot, &full);
         let main = g.new_slot::<F::Out>(&full, "main", true);
         let dead = g.new_slot::<F::Dead>(&full, "dead_letters", warn_dead);
-        g.push_operator(full, vec![rx], move |w, m| {
+        let sides = SideSpecs::default();
+        let specs = Arc::clone(&sides);
+        let step = full.clone();
+        g.push_operator(full.clone(), vec![rx], move |w, m| {
+            let sides = SideOutputs::launch(&specs, &step, w);
             ElementwiseOp::new(
                 instances,
                 w.take::<F::Out>(main),
                 w.take::<F::Dead>(dead),
+                sides,
                 m,
             )
         });
@@ -595,6 +664,8 @@ impl<T: Data> PCollection<T> {
         (
             PCollection::new(Rc::clone(&self.graph), main, windowing),
             PCollection::new(Rc::clone(&self.graph), dead, windowing),
+            full,
+            sides,
         )
     }
 
@@ -633,13 +704,13 @@ impl<T: Data> PCollection<T> {
     /// consumes is logged at build (its elements would count as handled), unless its type is
     /// `Infallible` (a `DoFn` without dead letters).
     pub fn par_do<D: DoFn<In = T>>(&self, label: &str, dofn: D) -> Tagged<D::Out, D::Dead> {
-        let (main, dead_letters) = self.elementwise(
+        let (main, dead_letters, step, sides) = self.elementwise_tagged(
             label,
             vec![ParDoFn::new(dofn)],
             self.windowing,
             may_dead_letter::<D::Dead>(),
         );
-        Tagged { main, dead_letters }
+        Tagged::new(main, dead_letters, step, sides)
     }
 
     /// Element-wise steps that process up to `n` batches at once (CPU-bound work). Output order is kept.
@@ -786,8 +857,9 @@ impl<T: Data> Parallel<'_, T> {
         let instances = (0..self.n).map(|_| ParDoFn::new(dofn.clone())).collect();
         let w = self.input.windowing;
         let warn = may_dead_letter::<D::Dead>();
-        let (main, dead_letters) = self.input.elementwise(label, instances, w, warn);
-        Tagged { main, dead_letters }
+        let (main, dead_letters, step, sides) =
+            self.input.elementwise_tagged(label, instances, w, warn);
+        Tagged::new(main, dead_letters, step, sides)
     }
 }
 

@@ -825,6 +825,128 @@ async fn labels_are_unique_and_composites_are_scoped() {
     assert_eq!(report.step("Transform/Inc").unwrap().sent, 2);
 }
 
+/// Routes numbers by remainder to named outputs; counts its lifecycle hooks.
+#[derive(Clone)]
+struct ByRemainder {
+    one: fluxo::OutputTag<u64>,
+    two: fluxo::OutputTag<String>,
+    hooks: std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>,
+}
+
+impl DoFn for ByRemainder {
+    type In = u64;
+    type Out = u64;
+    type Dead = std::convert::Infallible;
+    fn setup(&mut self) {
+        self.hooks.lock().unwrap().push("setup");
+    }
+    fn start_bundle(&mut self) {
+        let mut h = self.hooks.lock().unwrap();
+        assert_eq!(
+            h.first(),
+            Some(&"setup"),
+            "setup runs before the first bundle"
+        );
+        h.push("bundle");
+    }
+    fn process(&mut self, n: u64, ctx: &mut DoFnContext<'_, u64, Self::Dead>) {
+        match n % 3 {
+            0 => ctx.output(n),
+            1 => ctx.output_to(&self.one, n),
+            _ => ctx.output_to(&self.two, format!("#{n}")),
+        }
+    }
+    fn teardown(&mut self) {
+        self.hooks.lock().unwrap().push("teardown");
+    }
+}
+
+#[tokio::test]
+async fn named_outputs_setup_and_teardown() {
+    for parallelism in [1, 3] {
+        let p = Pipeline::new("named-outputs");
+        let (source, acks) = TestStream::new()
+            .add_values((0..30u64).map(|i| (i, secs(i as i64))))
+            .with_acks();
+        let dofn = ByRemainder {
+            one: fluxo::OutputTag::new("one"),
+            two: fluxo::OutputTag::new("two"),
+            hooks: Default::default(),
+        };
+        let (main_sink, main) = CollectingSink::new();
+        let (one_sink, one) = CollectingSink::new();
+        let (two_sink, two) = CollectingSink::new();
+        let routed = p
+            .read("Read", source)
+            .parallel(parallelism)
+            .par_do("Route", dofn.clone());
+        routed.main.write("Main", main_sink, fast_sink());
+        routed.output(&dofn.one).write("One", one_sink, fast_sink());
+        // Reading a tag twice gives the same output (one more consumer of it).
+        let two_again = routed.output(&dofn.two);
+        routed.output(&dofn.two).write("Two", two_sink, fast_sink());
+        let (copy_sink, copy) = CollectingSink::new();
+        two_again.write("TwoCopy", copy_sink, fast_sink());
+        let report = p.run(RunOptions::default()).await.unwrap();
+        assert_eq!(
+            main.values_sorted(),
+            (0..30).filter(|n| n % 3 == 0).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            one.values_sorted(),
+            (0..30).filter(|n| n % 3 == 1).collect::<Vec<_>>()
+        );
+        let mut twos: Vec<String> = (0..30)
+            .filter(|n| n % 3 == 2)
+            .map(|n| format!("#{n}"))
+            .collect();
+        twos.sort();
+        assert_eq!(two.values_sorted(), twos);
+        assert_eq!(copy.values_sorted(), twos);
+        // Timestamps follow the input.
+        assert!(one
+            .elements()
+            .iter()
+            .all(|c| c.timestamp == secs(c.value as i64)));
+        assert_eq!(acks.statuses().await, vec![Status::Delivered; 30]);
+        assert_eq!(report.step("Route").unwrap().sent, 30);
+        let hooks = dofn.hooks.lock().unwrap().clone();
+        let count = |h: &str| hooks.iter().filter(|x| **x == h).count();
+        assert_eq!(
+            (count("setup"), count("teardown")),
+            (parallelism, parallelism),
+            "{hooks:?}"
+        );
+        assert_eq!(hooks.last(), Some(&"teardown"));
+    }
+}
+
+#[tokio::test]
+async fn an_output_nothing_reads_fails_its_elements() {
+    let p = Pipeline::new("unread-output");
+    let (source, acks) = TestStream::new()
+        .add_values((0..6u64).map(|i| (i, secs(0))))
+        .with_acks();
+    let dofn = ByRemainder {
+        one: fluxo::OutputTag::new("one"),
+        two: fluxo::OutputTag::new("two"),
+        hooks: Default::default(),
+    };
+    let (main_sink, _) = CollectingSink::new();
+    let (one_sink, _) = CollectingSink::new();
+    let routed = p.read("Read", source).par_do("Route", dofn.clone());
+    routed.main.write("Main", main_sink, fast_sink());
+    routed.output(&dofn.one).write("One", one_sink, fast_sink());
+    p.run(RunOptions::default()).await.unwrap();
+    // 2 and 5 went to "two", which nothing reads: failed, not acknowledged.
+    let statuses = acks.statuses().await;
+    let failed: Vec<usize> = (0..6)
+        .filter(|&i| statuses[i] != Status::Delivered)
+        .collect();
+    assert_eq!(failed, vec![2, 5], "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s != Status::Errored));
+}
+
 #[tokio::test]
 async fn flatten_rejects_inputs_with_different_windowing() {
     let p = Pipeline::new("flatten-windowing");

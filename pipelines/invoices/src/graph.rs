@@ -16,11 +16,13 @@
 //! is not written again; everything from Validate on is the same.
 
 use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
 use fluxo::{
-    Data, DoFn, DoFnContext, PCollection, Shared, SinkConfig, Tagged, Timestamp, Windowing,
+    Data, DoFn, DoFnContext, OutputTag, PCollection, Shared, SinkConfig, Tagged, Timestamp,
+    Windowing,
 };
 use fluxo_gcp::bigquery::BigQuerySink;
 use fluxo_gcp::bigtable::{BigtableSink, RowMutation, SetCell};
@@ -256,22 +258,23 @@ impl DoFn for ValidateArchived {
 }
 
 /// Splits the raw archive by lateness: a message whose window closed more than `allowed_lateness`
-/// before the step's input watermark goes to the late output.
+/// before the step's input watermark goes to the named output `late`.
 #[derive(Clone)]
 pub struct RouteLate {
     allowed_lateness: Duration,
+    late: OutputTag<ArchivedMessage>,
 }
 
 impl DoFn for RouteLate {
     type In = PubsubMessage;
     type Out = ArchivedMessage;
-    type Dead = ArchivedMessage;
+    type Dead = Infallible;
 
     fn process(&mut self, m: PubsubMessage, ctx: &mut DoFnContext<'_, Self::Out, Self::Dead>) {
         let deadline = ctx.window().max_timestamp().plus(self.allowed_lateness);
         let archived = ArchivedMessage::of(&m);
         if deadline < ctx.input_watermark() {
-            ctx.dead_letter(archived);
+            ctx.output_to(&self.late, archived);
         } else {
             ctx.output(archived);
         }
@@ -477,6 +480,7 @@ pub fn build(
     codes: DeadLetterCodes,
 ) {
     if let Some((on_time, late)) = sinks.raw.take() {
+        let late_tag = OutputTag::new("late");
         let routed = messages
             .window_into("RawWindows", Windowing::fixed(s.raw_window))
             .parallel(s.parallelism)
@@ -484,6 +488,7 @@ pub fn build(
                 "RouteLate",
                 RouteLate {
                     allowed_lateness: s.allowed_lateness,
+                    late: late_tag.clone(),
                 },
             );
         routed.main.write(
@@ -491,7 +496,7 @@ pub fn build(
             LatencySink::new(on_time),
             s.archive_batch,
         );
-        routed.dead_letters.write(
+        routed.output(&late_tag).write(
             steps::RAW_ARCHIVE_LATE,
             LatencySink::new(late),
             s.archive_batch,
@@ -598,6 +603,50 @@ mod tests {
             delivery_attempt: None,
             history: None,
         }
+    }
+
+    /// A message whose hour closed more than the allowed lateness before the watermark goes to the
+    /// `late` output, the others to the main one; both are acknowledged once stored.
+    #[tokio::test]
+    async fn route_late_splits_by_window_and_watermark() {
+        use fluxo::testing::{CollectingSink, TestStream};
+        let hour = |h: i64| Timestamp::from_secs(1_621_886_400 + h * 3600);
+        let at = |h: i64, data: &[u8]| (message(data), hour(h));
+        let (source, acks) = TestStream::new()
+            .add_values([at(0, b"on-time-0"), at(1, b"on-time-1")])
+            .advance_watermark(hour(3))
+            // Hour 0 closed at 1 h, plus 1 h of lateness: behind the watermark of 3 h. Hour 2 is not.
+            .add_values([at(0, b"late-0"), at(2, b"on-time-2")])
+            .with_acks();
+        let p = fluxo::Pipeline::new("route-late");
+        let late = OutputTag::new("late");
+        let routed = p
+            .read("Read", source)
+            .window_into("RawWindows", Windowing::fixed(Duration::from_secs(3600)))
+            .par_do(
+                "RouteLate",
+                RouteLate {
+                    allowed_lateness: Duration::from_secs(3600),
+                    late: late.clone(),
+                },
+            );
+        let (main_sink, main) = CollectingSink::new();
+        let (late_sink, late_out) = CollectingSink::new();
+        routed.main.write_default("Main", main_sink);
+        routed.output(&late).write_default("Late", late_sink);
+        p.run(fluxo::RunOptions::default()).await.unwrap();
+        let data = |out: &fluxo::testing::Output<ArchivedMessage>| {
+            let mut v: Vec<String> = out
+                .values()
+                .into_iter()
+                .map(|a| String::from_utf8_lossy(&a.into_message().data).into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(data(&main), ["on-time-0", "on-time-1", "on-time-2"]);
+        assert_eq!(data(&late_out), ["late-0"]);
+        assert_eq!(acks.statuses().await, vec![fluxo::Status::Delivered; 4]);
     }
 
     #[test]
