@@ -184,7 +184,7 @@ impl<T: Data> BatchFn for WindowIntoFn<T> {
         _side: &mut SideBuffers,
     ) -> u64 {
         let window_fn = self.0;
-        if let WindowFn::Sliding { .. } = window_fn {
+        if !window_fn.assigns_to_single_window() {
             let mut windows = Vec::with_capacity(4);
             for e in batch {
                 windows.clear();

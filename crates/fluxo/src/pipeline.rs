@@ -290,6 +290,18 @@ impl Graph {
 
 /// A pipeline under construction.
 ///
+/// The builder and its collections share the graph through `Rc`, so they are neither `Send` nor
+/// `Sync`: the compiler keeps a half-built graph on one thread, and an `async` function that holds a
+/// `Pipeline` or a `PCollection` across an `.await` is not `Send`. Build, then run:
+/// [`Pipeline::run`] and [`Pipeline::build`] consume the builder and return what is `Send` (the run's
+/// future, [`Runnable`]); [`Pipeline::define`] scopes the building to a closure, so nothing of the
+/// builder can outlive it.
+///
+/// ```compile_fail
+/// fn assert_send<T: Send>(_: T) {}
+/// assert_send(fluxo::Pipeline::new("p")); // a builder cannot move to another thread
+/// ```
+///
 /// ```
 /// use fluxo::{Pipeline, testing::{TestStream, CollectingSink}, SinkConfig, RunOptions, Timestamp};
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -412,6 +424,32 @@ impl Pipeline {
         });
         drop(g);
         PCollection::new(Rc::clone(&self.graph), slot, windowing)
+    }
+
+    /// Builds a pipeline inside `f` and returns it validated, ready to run: the builder and its
+    /// collections cannot escape the closure, so the caller's `async` code stays `Send`.
+    ///
+    /// ```
+    /// use fluxo::{Pipeline, PipelineConfig, RunOptions, testing::{CollectingSink, TestStream}, Timestamp};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let (sink, out) = CollectingSink::new();
+    /// let job = Pipeline::define(PipelineConfig::default(), |p| {
+    ///     p.read("Read", TestStream::new().add_values([(1u64, Timestamp(0))]))
+    ///         .map("Double", |x| x * 2)
+    ///         .write_default("Collect", sink);
+    /// })
+    /// .unwrap();
+    /// tokio::spawn(job.run(RunOptions::default())).await.unwrap().unwrap();
+    /// assert_eq!(out.values(), vec![2]);
+    /// # });
+    /// ```
+    pub fn define(
+        config: PipelineConfig,
+        f: impl FnOnce(&Pipeline),
+    ) -> Result<Runnable, PipelineError> {
+        let p = Pipeline::with_config(config);
+        f(&p);
+        p.build()
     }
 
     /// Validates the graph and turns it into a runnable job.

@@ -54,6 +54,18 @@ impl WindowFn {
         matches!(self, WindowFn::Sessions { .. })
     }
 
+    /// True when [`WindowFn::assign`] gives every timestamp exactly one window (Beam's
+    /// `assignsToOneWindow`): window assignment then relabels each element in place; otherwise it
+    /// copies the element into every window it belongs to. Every strategy must answer it truthfully;
+    /// a multi-window strategy that said `true` would keep one window of each element.
+    pub fn assigns_to_single_window(&self) -> bool {
+        match *self {
+            WindowFn::Global | WindowFn::Fixed { .. } | WindowFn::Sessions { .. } => true,
+            // One window when the period equals the size (tumbling windows).
+            WindowFn::Sliding { size, period } => period >= size,
+        }
+    }
+
     /// Checks the parameters (non-zero sizes, period not larger than size).
     pub fn validate(&self) -> Result<(), String> {
         match *self {
@@ -319,6 +331,42 @@ mod tests {
         };
         assert_eq!(windows(off, 2 * S), vec![(-7 * S, 3 * S)]);
         assert_eq!(windows(off, 3 * S), vec![(3 * S, 13 * S)]);
+    }
+
+    #[test]
+    fn single_window_contract_matches_assignment() {
+        let s = Duration::from_secs;
+        for f in [
+            WindowFn::Global,
+            WindowFn::fixed(s(10)),
+            WindowFn::Fixed {
+                size: s(10),
+                offset: s(3),
+            },
+            WindowFn::sliding(s(10), s(5)),
+            WindowFn::sliding(s(10), s(3)),
+            WindowFn::sliding(s(10), s(10)),
+            WindowFn::sessions(s(30)),
+        ] {
+            for ts in [
+                -7 * S,
+                -1,
+                0,
+                1,
+                5 * S,
+                9 * S + S / 2,
+                i64::MAX / 2,
+                i64::MIN / 2,
+            ] {
+                let n = windows(f, ts).len();
+                assert!(n >= 1, "{f:?} at {ts}");
+                if f.assigns_to_single_window() {
+                    assert_eq!(n, 1, "{f:?} at {ts} claims one window");
+                }
+            }
+            let multi = windows(f, 7 * S).len() > 1;
+            assert_eq!(f.assigns_to_single_window(), !multi, "{f:?}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use fluxo::{Pipeline, RunOptions, Shutdown, SinkConfig};
+use fluxo::{Pipeline, RunOptions, ShutdownSignal, SinkConfig};
 use fluxo_gcp::pubsub::{PubsubSource, PubsubSourceConfig};
 use fluxo_gcp::storage::{StorageSink, StorageSinkConfig};
 use store_sales::{build, Outputs, Settings, EVENT_TIME_ATTRIBUTE};
@@ -81,42 +81,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let messages = p.read("Pubsub", source);
     build(&messages, settings, outputs);
 
-    let shutdown = Shutdown::new();
-    let signal = shutdown.signal();
-    tokio::spawn(async move {
-        wait_for_termination().await;
-        tracing::info!("termination requested: draining");
-        shutdown.trigger();
-    });
     let report = p
         .run(RunOptions {
-            shutdown: signal,
+            shutdown: ShutdownSignal::on_os_signals(),
             metrics_addr: cli.metrics_addr,
             ..RunOptions::default()
         })
         .await?;
     println!("{report}");
     Ok(())
-}
-
-async fn wait_for_termination() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
