@@ -20,6 +20,11 @@ fn sections() -> Vec<(&'static str, &'static str, &'static [Def])> {
             fluxo::metrics::names::ALL,
         ),
         (
+            "Grouping steps (`fluxo::metrics::names::GROUPING`)",
+            "Registered by each grouping step (`group_by_key`, `combine_per_key`, `count_per_key`).",
+            fluxo::metrics::names::GROUPING,
+        ),
+        (
             "Process (`fluxo::metrics::process`)",
             "Every worker, read from `/proc` at scrape time (Linux; absent elsewhere), with the names the official Prometheus clients use.",
             fluxo::metrics::process::ALL,

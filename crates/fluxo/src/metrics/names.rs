@@ -213,6 +213,10 @@ pub const BUILD_INFO: Def = Def::gauge(
     &["version"],
 );
 
+/// Families of grouping steps (`group_by_key`, `combine_per_key`, ...), registered by a pipeline
+/// that has one.
+pub const GROUPING: &[Def] = &[GROUP_REDELIVERED];
+
 /// Every family, in exposition order.
 pub const ALL: &[Def] = &[
     BUILD_INFO,
@@ -221,7 +225,6 @@ pub const ALL: &[Def] = &[
     STEP_ERRORS,
     STEP_DISCARDED,
     STEP_LATE,
-    GROUP_REDELIVERED,
     STEP_BATCH_DURATION,
     STEP_BATCH_ELEMENTS,
     SOURCE_EMITTED,

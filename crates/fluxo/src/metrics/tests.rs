@@ -380,7 +380,7 @@ fn bucket_bounds_are_finite_and_ascending() {
 #[test]
 fn names_are_unique_prefixed_and_all_exposed() {
     let mut seen = std::collections::HashSet::new();
-    for def in names::ALL {
+    for def in names::ALL.iter().chain(names::GROUPING) {
         assert!(def.name.starts_with("fluxo_"), "{}", def.name);
         assert!(seen.insert(def.name), "duplicate {}", def.name);
         assert!(!def.help.ends_with('.'), "{}", def.name);
@@ -395,7 +395,7 @@ fn names_are_unique_prefixed_and_all_exposed() {
     // Grouping steps add their own family.
     metrics.counter(&names::GROUP_REDELIVERED, &["s"]);
     let text = metrics.encode();
-    for def in names::ALL {
+    for def in names::ALL.iter().chain(names::GROUPING) {
         let kind = def.kind.as_str();
         assert!(
             text.contains(&format!("# TYPE {} {kind}\n", def.name)),
@@ -573,7 +573,7 @@ fn invalid_definitions_are_named() {
         let problem = def.problem().unwrap_or_default();
         assert!(problem.contains(want), "{def:?}: {problem}");
     }
-    for def in names::ALL {
+    for def in names::ALL.iter().chain(names::GROUPING) {
         assert_eq!(def.problem(), None);
     }
 }
