@@ -65,11 +65,11 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The wait before retry number `attempt` (1-based): full jitter under an exponential ceiling.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .initial_backoff_ms
-            .saturating_mul(1u64 << attempt.saturating_sub(1).min(20))
-            .min(self.max_backoff_ms);
-        Duration::from_millis(fastrand::u64(0..=ceiling))
+        fluxo::backoff(
+            Duration::from_millis(self.initial_backoff_ms),
+            Duration::from_millis(self.max_backoff_ms),
+            attempt.saturating_sub(1),
+        )
     }
 }
 

@@ -68,7 +68,7 @@ pub use pipeline::{
 };
 pub use report::{BufferReport, RunReport, SinkReport, SourceReport, StepReport};
 pub use shutdown::{Shutdown, ShutdownSignal};
-pub use sink::{ErrorClass, Meta, RetryConfig, Sink, SinkBatch, SinkConfig, WriteError};
+pub use sink::{backoff, ErrorClass, Meta, RetryConfig, Sink, SinkBatch, SinkConfig, WriteError};
 pub use source::{BoxError, IterSource, Source, SourceContext, Stopped};
 pub use tagged::OutputTag;
 pub use window::{Accumulation, EarlyFiring, LatePolicy, Trigger, WindowFn, Windowing};

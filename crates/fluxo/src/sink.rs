@@ -170,15 +170,23 @@ impl Default for RetryConfig {
 }
 
 impl RetryConfig {
-    /// Full jitter: a uniformly random wait between zero and the exponential ceiling of this attempt.
+    /// The wait before retry `attempt` (0 for the first retry): [`backoff`] between
+    /// `initial_backoff` and `max_backoff`.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .initial_backoff
-            .saturating_mul(2u32.saturating_pow(attempt.min(31)))
-            .min(self.max_backoff);
-        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(fastrand::u64(0..=nanos))
+        backoff(self.initial_backoff, self.max_backoff, attempt)
     }
+}
+
+/// The one retry wait of the engine and its connectors: exponential backoff with full jitter (the
+/// ceiling starts at `initial`, doubles per attempt up to `max`, and the wait is drawn uniformly
+/// between zero and the ceiling), so that clients that failed together do not retry together.
+/// `attempt` is 0 for the first retry.
+pub fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
+    let ceiling = initial
+        .saturating_mul(2u32.saturating_pow(attempt.min(31)))
+        .min(max);
+    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(fastrand::u64(0..=nanos))
 }
 
 /// Batching and concurrency of a sink step.

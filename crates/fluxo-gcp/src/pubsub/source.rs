@@ -540,11 +540,7 @@ fn data_bytes(msgs: &[ReceivedMessage]) -> usize {
 }
 
 fn backoff(attempt: u32) -> Duration {
-    let ceiling = PULL_BACKOFF_MIN
-        .saturating_mul(2u32.saturating_pow(attempt.min(16)))
-        .min(PULL_BACKOFF_MAX);
-    let half = ceiling / 2;
-    half + Duration::from_nanos(fastrand::u64(0..=half.as_nanos() as u64))
+    fluxo::backoff(PULL_BACKOFF_MIN, PULL_BACKOFF_MAX, attempt)
 }
 
 /// Unary puller: reserve budget, pull, hand over, repeat.

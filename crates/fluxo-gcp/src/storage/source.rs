@@ -187,10 +187,12 @@ where
         match f().await {
             Ok(v) => return Ok(v),
             Err(e) if e.kind == StorageErrorKind::Transient && attempt + 1 < ATTEMPTS => {
-                let ceiling = (100u64 << attempt).min(5_000);
                 tracing::debug!(error = %e, attempt, "retrying a storage request");
-                tokio::time::sleep(std::time::Duration::from_millis(fastrand::u64(0..=ceiling)))
-                    .await;
+                let (initial, max) = (
+                    std::time::Duration::from_millis(100),
+                    std::time::Duration::from_secs(5),
+                );
+                tokio::time::sleep(fluxo::backoff(initial, max, attempt)).await;
                 attempt += 1;
             }
             Err(e) => return Err(e),
