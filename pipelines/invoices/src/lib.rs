@@ -487,6 +487,7 @@ pub async fn run_stream(
     let source = PubsubSource::connect(&PubsubSourceConfig {
         project: Some(p.project.clone()),
         subscription: p.subscription.clone(),
+        mode: t.receive_mode,
         concurrent_pulls: t.concurrent_pulls,
         max_outstanding_messages: t.max_outstanding_messages,
         ack_deadline_secs: t.ack_deadline_secs,

@@ -910,7 +910,8 @@ impl Source for PubsubSource {
         for _ in 0..settings.concurrent_pulls {
             let (shared, tx) = (Arc::clone(&shared), tx.clone());
             match settings.mode {
-                ReceiveMode::Pull => pullers.spawn(unary_puller(shared, tx)),
+                // `Auto` is resolved by the settings; unary pull is the fallback.
+                ReceiveMode::Pull | ReceiveMode::Auto => pullers.spawn(unary_puller(shared, tx)),
                 ReceiveMode::StreamingPull => pullers.spawn(streaming_puller(shared, tx)),
             };
         }
