@@ -44,6 +44,7 @@ pub mod metrics;
 mod operator;
 mod pipeline;
 mod report;
+mod requests;
 mod runner;
 mod shutdown;
 mod sink;
@@ -67,6 +68,7 @@ pub use pipeline::{
     Runnable, StepFailure, StepKind, Tagged, WithLate,
 };
 pub use report::{BufferReport, RunReport, SinkReport, SourceReport, StepReport};
+pub use requests::RequestSplitter;
 pub use shutdown::{Shutdown, ShutdownSignal};
 pub use sink::{backoff, ErrorClass, Meta, RetryConfig, Sink, SinkBatch, SinkConfig, WriteError};
 pub use source::{BoxError, IterSource, Source, SourceContext, Stopped};

@@ -184,9 +184,10 @@ fn plan(
     }
     let budget = s.max_bytes_per_request;
     let mut requests = Vec::new();
+    let mut split = fluxo::RequestSplitter::new(s.max_rows_per_request, [budget]);
     for (table, group) in groups.into_iter().enumerate() {
         let mut chunk: Vec<u32> = Vec::new();
-        let mut bytes = 0usize;
+        split.reset();
         for i in group {
             let len = rows[i as usize].encoded_len();
             if len > budget {
@@ -199,16 +200,13 @@ fn plan(
                 ));
                 continue;
             }
-            if !chunk.is_empty() && (chunk.len() >= s.max_rows_per_request || bytes + len > budget)
-            {
+            if split.add([len]) {
                 requests.push(Request {
                     table,
                     indices: std::mem::take(&mut chunk),
                 });
-                bytes = 0;
             }
             chunk.push(i);
-            bytes += len;
         }
         if !chunk.is_empty() {
             requests.push(Request {

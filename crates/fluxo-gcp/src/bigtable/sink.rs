@@ -201,7 +201,10 @@ impl BigtableSink {
             rows: Vec::with_capacity(cfg.max_entries_per_request.min(values.len())),
             bytes: 0,
         };
-        let mut cur_mutations = 0usize;
+        let mut split = fluxo::RequestSplitter::new(
+            cfg.max_entries_per_request,
+            [cfg.max_mutations_per_request, cfg.max_bytes_per_request],
+        );
         for (i, row) in values.iter().enumerate() {
             if let Err(reason) = row.check(Some(&is_known)) {
                 if reason.contains("does not exist in the table") {
@@ -216,11 +219,7 @@ impl BigtableSink {
                 continue;
             }
             let b = row.wire_bytes();
-            if !cur.rows.is_empty()
-                && (cur.rows.len() >= cfg.max_entries_per_request
-                    || cur_mutations + n > cfg.max_mutations_per_request
-                    || cur.bytes + b > cfg.max_bytes_per_request)
-            {
+            if split.add([n, b]) {
                 let rest = values.len() - i;
                 chunks.push(std::mem::replace(
                     &mut cur,
@@ -229,11 +228,9 @@ impl BigtableSink {
                         bytes: 0,
                     },
                 ));
-                cur_mutations = 0;
             }
             cur.rows.push(i);
             cur.bytes += b;
-            cur_mutations += n;
         }
         if !cur.rows.is_empty() {
             chunks.push(cur);

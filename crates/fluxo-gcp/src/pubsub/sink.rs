@@ -218,7 +218,11 @@ impl<T: ToPubsub> Sink<T> for PubsubSink<T> {
         let mut failures: Vec<(usize, PubsubError)> = Vec::new();
         // (indices, messages) per request.
         let mut requests: Vec<(Vec<usize>, Vec<RawMessage>)> = Vec::new();
-        let (mut idx, mut msgs, mut bytes) = (Vec::new(), Vec::new(), 0usize);
+        let (mut idx, mut msgs) = (Vec::new(), Vec::new());
+        let mut split = fluxo::RequestSplitter::new(
+            self.settings.max_messages_per_request,
+            [self.settings.max_bytes_per_request],
+        );
         for (i, v) in batch.values().iter().enumerate() {
             let data = v.pubsub_data();
             let size = match self.check(v, &data) {
@@ -228,16 +232,11 @@ impl<T: ToPubsub> Sink<T> for PubsubSink<T> {
                     continue;
                 }
             };
-            if !msgs.is_empty()
-                && (msgs.len() >= self.settings.max_messages_per_request
-                    || bytes + size > self.settings.max_bytes_per_request)
-            {
+            if split.add([size]) {
                 requests.push((std::mem::take(&mut idx), std::mem::take(&mut msgs)));
-                bytes = 0;
             }
             idx.push(i);
             msgs.push(to_raw(v, data));
-            bytes += size;
         }
         if !msgs.is_empty() {
             requests.push((idx, msgs));
