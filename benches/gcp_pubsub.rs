@@ -4,7 +4,9 @@
 //!   -> `PubsubSink` pipeline (1,000 events per batch, 4 in flight);
 //! - receive: raw unary `Pull(1000)` + `Acknowledge` loop (the ceiling) vs `PubsubSource` (unary pull,
 //!   `FLUXO_BENCH_PUBSUB_PULLS` concurrent pulls, a comma list, default `1`) -> `DiscardSink`, every
-//!   message acked end to end;
+//!   message acked end to end, once with the sink batching the invoices pipeline gives its Bigtable
+//!   sink (1,000 elements or 100 ms) and once without a sink delay; each run is reported against both
+//!   ceiling samples of the run;
 //! - streaming: raw `StreamingPull` + `Acknowledge` (its own ceiling, fewer messages: the emulator's
 //!   streaming pull is slow) vs `PubsubSource` in `streaming_pull` mode.
 //!
@@ -159,22 +161,28 @@ async fn connector_sink(host: &str, project: &str, topic: &str, n: u64) -> Measu
     }
 }
 
-async fn connector_source(cfg: PubsubSourceConfig, n: u64) -> Measured {
-    let source = PubsubSource::connect(&cfg).await.expect("source");
-    let stats = source.stats();
-    let p = Pipeline::new("bench-read");
-    // The sink writes whatever it holds at once (no batching delay): against the emulator the source
-    // waits for a batch's acks before its next pull (see `PullPace` in the source), so a sink delay
-    // would be added to every pull-process-ack cycle; the raw loop has none.
-    p.read("Read", source).write(
-        "Discard",
-        DiscardSink,
+/// The sink of the receive runs: either the batching the invoices pipeline really gives its Bigtable
+/// sink (`invoices::config::Tuning::default().bigtable_batch()`: 1,000 elements or 100 ms), or none
+/// (each batch written at once). Against the emulator the source waits for a batch's acks before
+/// its next pull (`PullPace`), so the sink's delay is part of every pull-process-ack cycle; the raw
+/// loop has none.
+fn receive_sink(pipeline_batching: bool) -> SinkConfig {
+    if pipeline_batching {
+        invoices::config::Tuning::default().bigtable_batch()
+    } else {
         SinkConfig {
             max_events: 1000,
             max_delay: Duration::ZERO,
             ..Default::default()
-        },
-    );
+        }
+    }
+}
+
+async fn connector_source(cfg: PubsubSourceConfig, n: u64, sink: SinkConfig) -> Measured {
+    let source = PubsubSource::connect(&cfg).await.expect("source");
+    let stats = source.stats();
+    let p = Pipeline::new("bench-read");
+    p.read("Read", source).write("Discard", DiscardSink, sink);
     let shutdown = Shutdown::new();
     let run = p.run(RunOptions {
         shutdown: shutdown.signal(),
@@ -294,29 +302,38 @@ fn main() {
         let sub = fresh("bench-raw-1".into()).await;
         let raw = raw_pull(&client, &sub, n).await;
         let pulls_list = std::env::var("FLUXO_BENCH_PUBSUB_PULLS").unwrap_or_else(|_| "1".into());
+        let mut connectors: Vec<(String, Measured)> = Vec::new();
         for pulls in pulls_list
             .split(',')
             .filter_map(|p| p.trim().parse::<usize>().ok())
         {
-            let sub = fresh(format!("bench-conn-{pulls}")).await;
             let cfg = PubsubSourceConfig {
                 project: Some(project.clone()),
-                subscription: sub,
+                subscription: String::new(),
                 endpoint: Some(host.clone()),
                 concurrent_pulls: pulls,
                 ack_batch_size: env_count("PUBSUB_ACK_BATCH", 1000) as usize,
                 max_outstanding_messages: env_count("PUBSUB_MAX_OUTSTANDING", 10_000) as usize,
                 ..Default::default()
             };
-            let conn = connector_source(cfg, n).await;
-            print_row(
-                &format!("receive: PubsubSource pull x{pulls} -> DiscardSink (acked)"),
-                raw,
-                conn,
-            );
+            for (batching, name) in [(true, "pipeline's sink batching"), (false, "no sink delay")] {
+                let sub = fresh(format!("bench-conn-{pulls}-{batching}")).await;
+                let cfg = PubsubSourceConfig {
+                    subscription: sub,
+                    ..cfg.clone()
+                };
+                let conn = connector_source(cfg, n, receive_sink(batching)).await;
+                connectors.push((format!("receive: PubsubSource pull x{pulls}, {name}"), conn));
+            }
         }
         let sub = fresh("bench-raw-2".into()).await;
         let raw_again = raw_pull(&client, &sub, n).await;
+        // Every connector run against every ceiling sample of this run (the emulator's own pace
+        // drifts between samples).
+        for (name, conn) in &connectors {
+            print_row(&format!("{name} (vs ceiling sample 1)"), raw, *conn);
+            print_row(&format!("{name} (vs ceiling sample 2)"), raw_again, *conn);
+        }
         print_row(
             "receive: raw pull loop again (fresh topic) vs the first",
             raw,
@@ -334,7 +351,7 @@ fn main() {
             concurrent_pulls: 1,
             ..Default::default()
         };
-        let conn = connector_source(cfg, n_stream).await;
+        let conn = connector_source(cfg, n_stream, receive_sink(true)).await;
         print_row(
             "receive: PubsubSource streaming x1 vs raw streaming pull",
             raw_s,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use fluxo::SinkConfig;
 use fluxo_gcp::pubsub::ReceiveMode;
 use serde::{Deserialize, Serialize};
 
@@ -181,7 +182,39 @@ impl Default for Tuning {
     }
 }
 
+/// The batching of one sink step of the pipeline: at most `max_events` elements or 16 MiB (as
+/// estimated) per batch, `delay_ms` at most for a batch to fill, `in_flight` requests at once.
+fn sink_config(max_events: usize, delay_ms: u64, in_flight: usize) -> SinkConfig {
+    SinkConfig {
+        max_events,
+        max_bytes: 16 * 1024 * 1024,
+        max_delay: Duration::from_millis(delay_ms),
+        max_in_flight: in_flight,
+        ..SinkConfig::default()
+    }
+}
+
 impl Tuning {
+    /// Batching of the Bigtable sink (8 requests in flight).
+    pub fn bigtable_batch(&self) -> SinkConfig {
+        sink_config(self.bigtable_batch_rows, self.max_batch_delay_ms, 8)
+    }
+
+    /// Batching of the BigQuery sink (4 requests in flight).
+    pub fn bigquery_batch(&self) -> SinkConfig {
+        sink_config(self.bigquery_batch_rows, self.max_batch_delay_ms, 4)
+    }
+
+    /// Batching of the archive sinks (raw and processed): large objects, `archive_delay_ms`.
+    pub fn archive_batch(&self) -> SinkConfig {
+        sink_config(20_000, self.archive_delay_ms, 4)
+    }
+
+    /// Batching of the dead-letter sinks.
+    pub fn dead_letter_batch(&self) -> SinkConfig {
+        sink_config(500, self.max_batch_delay_ms, 4)
+    }
+
     /// Threads of the validate step.
     pub fn threads(&self) -> usize {
         if self.parallelism == 0 {

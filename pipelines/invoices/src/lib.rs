@@ -23,9 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bq_rows::BigQueryLayout;
-use fluxo::{
-    Pipeline, PipelineConfig, RunOptions, RunReport, Shutdown, ShutdownSignal, SinkConfig,
-};
+use fluxo::{Pipeline, PipelineConfig, RunOptions, RunReport, Shutdown, ShutdownSignal};
 use fluxo_gcp::bigquery::{
     BigQueryAdmin, BigQuerySink, BigQuerySinkConfig, ClientConfig, TableOptions, TimePartitioning,
 };
@@ -159,16 +157,6 @@ pub struct Report {
     pub publish_to_bigtable: Latency,
     /// The engine's full report (every step, sink and buffer).
     pub engine: RunReport,
-}
-
-fn sink_config(max_events: usize, delay_ms: u64, in_flight: usize) -> SinkConfig {
-    SinkConfig {
-        max_events,
-        max_bytes: 16 * 1024 * 1024,
-        max_delay: Duration::from_millis(delay_ms),
-        max_in_flight: in_flight,
-        ..SinkConfig::default()
-    }
 }
 
 /// The Bigtable data configuration of a profile (sink, query tool, benchmarks).
@@ -428,10 +416,10 @@ fn graph_settings(p: &Profile, worker: Option<String>) -> Result<GraphSettings, 
         layout: p.layout,
         raw_window: t.raw_window(),
         allowed_lateness: t.allowed_lateness(),
-        bigtable_batch: sink_config(t.bigtable_batch_rows, t.max_batch_delay_ms, 8),
-        bigquery_batch: sink_config(t.bigquery_batch_rows, t.max_batch_delay_ms, 4),
-        archive_batch: sink_config(20_000, t.archive_delay_ms, 4),
-        dead_letter_batch: sink_config(500, t.max_batch_delay_ms, 4),
+        bigtable_batch: t.bigtable_batch(),
+        bigquery_batch: t.bigquery_batch(),
+        archive_batch: t.archive_batch(),
+        dead_letter_batch: t.dead_letter_batch(),
         archive_url: p.archive_url.clone(),
     })
 }
