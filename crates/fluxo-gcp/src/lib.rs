@@ -11,6 +11,7 @@
 
 pub mod bigquery;
 pub mod bigtable;
+pub mod endpoint;
 mod error;
 pub mod logging;
 pub mod metrics;

@@ -127,7 +127,7 @@ pub(crate) async fn data_client(
             cfg.channels,
             timeout,
         ),
-        Endpoint::Google => {
+        Endpoint::Google(_) => {
             let provider = gcp_auth::provider()
                 .await
                 .map_err(|e| unreachable(cfg, &e))?;
@@ -183,7 +183,7 @@ impl AdminClient {
                     .connect_lazy();
                 (channel, None, host.clone())
             }
-            Endpoint::Google => {
+            Endpoint::Google(_) => {
                 let channel =
                     tonic::transport::Endpoint::from_static("https://bigtableadmin.googleapis.com")
                         .tls_config(
@@ -257,7 +257,7 @@ impl WriteClient {
                     .map_err(|e| unreachable(cfg, &e))?,
                 None,
             ),
-            Endpoint::Google => (
+            Endpoint::Google(_) => (
                 tonic::transport::Endpoint::from_static("https://bigtable.googleapis.com")
                     .tls_config(
                         ClientTlsConfig::new()

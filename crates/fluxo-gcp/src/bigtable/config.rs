@@ -6,10 +6,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::mutation::MAX_MUTATIONS_PER_REQUEST;
+use crate::endpoint::Api;
+pub use crate::endpoint::Endpoint;
 use crate::error::ConfigError;
 
 /// Environment variable naming a Bigtable emulator (`host:port`), honoured when no endpoint is configured.
-pub const EMULATOR_ENV: &str = "BIGTABLE_EMULATOR_HOST";
+pub const EMULATOR_ENV: &str = Api::Bigtable.emulator_env();
 /// Upper bound accepted for `max_bytes_per_request` (64 MiB).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 
@@ -146,15 +148,7 @@ impl BigtableSinkConfig {
                 "must be at least 1",
             ));
         }
-        let endpoint = match self
-            .endpoint
-            .clone()
-            .filter(|e| !e.is_empty())
-            .or_else(|| std::env::var(EMULATOR_ENV).ok().filter(|e| !e.is_empty()))
-        {
-            Some(e) => Endpoint::Emulator(check_endpoint(&e)?),
-            None => Endpoint::Google,
-        };
+        let endpoint = Endpoint::resolve(Api::Bigtable, self.endpoint.as_deref())?;
         let instance_path = format!("projects/{project}/instances/{}", self.instance);
         Ok(ValidConfig {
             table_path: format!("{instance_path}/tables/{}", self.table),
@@ -173,24 +167,6 @@ impl BigtableSinkConfig {
             timeout: Duration::from_millis(self.timeout_ms),
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
         })
-    }
-}
-
-/// Where requests go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    /// An emulator at `host:port`: plaintext, no credentials.
-    Emulator(String),
-    /// Google's endpoints with Application Default Credentials.
-    Google,
-}
-
-impl std::fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Endpoint::Emulator(h) => f.write_str(h),
-            Endpoint::Google => f.write_str("bigtable.googleapis.com"),
-        }
     }
 }
 
@@ -306,24 +282,6 @@ pub fn check_family(field: &str, f: &str) -> Result<(), ConfigError> {
         Err(ConfigError::invalid(
             field,
             format!("'{f}' is not a column family name (1-64 characters: letters, digits, '_', '-', '.')"),
-        ))
-    }
-}
-
-fn check_endpoint(e: &str) -> Result<String, ConfigError> {
-    let host = e.strip_prefix("http://").unwrap_or(e).trim_end_matches('/');
-    let valid = !host.is_empty()
-        && !host.contains("://")
-        && host
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
-        && tonic::transport::Endpoint::from_shared(format!("http://{host}")).is_ok();
-    if valid {
-        Ok(host.to_string())
-    } else {
-        Err(ConfigError::invalid(
-            "bigtable.endpoint",
-            format!("'{e}' is not an emulator endpoint of the form host:port (for example 127.0.0.1:8086)"),
         ))
     }
 }

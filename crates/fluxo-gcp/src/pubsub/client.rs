@@ -64,7 +64,7 @@ pub struct SubscriptionOptions {
 fn unreachable(endpoint: &Endpoint, reason: impl std::fmt::Display) -> ConfigError {
     let what = match endpoint {
         Endpoint::Emulator(_) => "is the emulator running? (gcloud beta emulators pubsub start)",
-        Endpoint::Google => "check network access and Application Default Credentials (gcloud auth application-default login)",
+        Endpoint::Google(_) => "check network access and Application Default Credentials (gcloud auth application-default login)",
     };
     ConfigError::Unreachable {
         service: "Pub/Sub",
@@ -111,7 +111,7 @@ impl PubsubClient {
         };
         let environment = match &endpoint {
             Endpoint::Emulator(host) => Environment::Emulator(host.clone()),
-            Endpoint::Google => {
+            Endpoint::Google(_) => {
                 let config = ClientConfig {
                     project_id: Some(project.to_string()),
                     ..ClientConfig::default()
@@ -123,10 +123,7 @@ impl PubsubClient {
                 config.environment
             }
         };
-        let pool = match &endpoint {
-            Endpoint::Emulator(_) => 1,
-            Endpoint::Google => 4,
-        };
+        let pool = endpoint.pubsub_channels();
         let cm = || async {
             match tokio::time::timeout(
                 CHECK_TIMEOUT,

@@ -5,10 +5,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::endpoint::Api;
+pub use crate::endpoint::Endpoint;
 use crate::error::ConfigError;
 
 /// Environment variable naming a Pub/Sub emulator (`host:port`), honoured when no endpoint is configured.
-pub const EMULATOR_ENV: &str = "PUBSUB_EMULATOR_HOST";
+pub const EMULATOR_ENV: &str = Api::PubSub.emulator_env();
 
 /// Largest number of messages one `Pull` may return (API limit).
 pub const MAX_PULL_MESSAGES: u32 = 1000;
@@ -46,10 +48,10 @@ pub enum ReceiveMode {
 impl ReceiveMode {
     /// The mode used on `endpoint`: [`ReceiveMode::Auto`] resolved, the others as they are.
     pub fn resolve(self, endpoint: &Endpoint) -> ReceiveMode {
-        match (self, endpoint) {
-            (ReceiveMode::Auto, Endpoint::Google) => ReceiveMode::StreamingPull,
-            (ReceiveMode::Auto, Endpoint::Emulator(_)) => ReceiveMode::Pull,
-            (mode, _) => mode,
+        match self {
+            ReceiveMode::Auto if endpoint.prefers_streaming_pull() => ReceiveMode::StreamingPull,
+            ReceiveMode::Auto => ReceiveMode::Pull,
+            mode => mode,
         }
     }
 }
@@ -161,51 +163,6 @@ impl Default for PubsubSinkConfig {
     }
 }
 
-/// Where the client connects.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    /// An emulator at `host:port` (plain text, no credentials).
-    Emulator(String),
-    /// The real Pub/Sub with Application Default Credentials.
-    Google,
-}
-
-impl Endpoint {
-    /// Configured endpoint, else `PUBSUB_EMULATOR_HOST`, else Google.
-    pub fn resolve(configured: Option<&str>) -> Result<Endpoint, ConfigError> {
-        let from_env = std::env::var(EMULATOR_ENV).ok();
-        let chosen = configured
-            .map(str::to_string)
-            .or(from_env.filter(|v| !v.trim().is_empty()));
-        match chosen {
-            None => Ok(Endpoint::Google),
-            Some(v) => {
-                let host = v
-                    .trim()
-                    .trim_start_matches("http://")
-                    .trim_end_matches('/')
-                    .to_string();
-                if host.is_empty() || host.contains(char::is_whitespace) || !host.contains(':') {
-                    return Err(ConfigError::invalid(
-                        "pubsub.endpoint",
-                        format!("'{v}' is not host:port (for example 127.0.0.1:8085)"),
-                    ));
-                }
-                Ok(Endpoint::Emulator(host))
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Endpoint::Emulator(h) => write!(f, "{h}"),
-            Endpoint::Google => f.write_str("pubsub.googleapis.com:443"),
-        }
-    }
-}
-
 /// A checked source configuration.
 #[derive(Debug, Clone)]
 pub struct SourceSettings {
@@ -275,7 +232,7 @@ impl PubsubSourceConfig {
             "subscriptions",
             "pubsub.subscription",
         )?;
-        let endpoint = Endpoint::resolve(self.endpoint.as_deref())?;
+        let endpoint = Endpoint::resolve(Api::PubSub, self.endpoint.as_deref())?;
         in_range(
             "pubsub.max_messages_per_pull",
             self.max_messages_per_pull as u64,
@@ -359,7 +316,7 @@ impl PubsubSinkConfig {
             "topics",
             "pubsub.topic",
         )?;
-        let endpoint = Endpoint::resolve(self.endpoint.as_deref())?;
+        let endpoint = Endpoint::resolve(Api::PubSub, self.endpoint.as_deref())?;
         in_range(
             "pubsub.max_messages_per_request",
             self.max_messages_per_request as u64,
@@ -566,11 +523,11 @@ mod tests {
         let emulator = Endpoint::Emulator("127.0.0.1:1".into());
         assert_eq!(auto.mode.resolve(&emulator), ReceiveMode::Pull);
         assert_eq!(
-            auto.mode.resolve(&Endpoint::Google),
+            auto.mode.resolve(&Endpoint::Google(Api::PubSub)),
             ReceiveMode::StreamingPull
         );
         assert_eq!(
-            ReceiveMode::Pull.resolve(&Endpoint::Google),
+            ReceiveMode::Pull.resolve(&Endpoint::Google(Api::PubSub)),
             ReceiveMode::Pull
         );
         let auto_settings = PubsubSourceConfig {
