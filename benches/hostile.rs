@@ -76,7 +76,7 @@ archive_url = "gs://bench-hostile"
             .and_then(|f| f.profile("bench", "bench"))
             .expect("profile");
         invoices::provision(&p).await.expect("provision");
-        let client = PubsubClient::connect(Endpoint::resolve(None).expect("endpoint"), &project)
+        let client = PubsubClient::connect(Endpoint::pubsub(None).expect("endpoint"), &project)
             .await
             .expect("pubsub");
         let topic = client.topic_path(&p.topic).expect("topic");

@@ -116,7 +116,7 @@ fn generator_with_items(count: u64, seed: u64, items: u32) -> Generator {
 }
 
 async fn pubsub(project: &str) -> PubsubClient {
-    PubsubClient::connect(Endpoint::resolve(None).expect("endpoint"), project)
+    PubsubClient::connect(Endpoint::pubsub(None).expect("endpoint"), project)
         .await
         .expect("pubsub client")
 }

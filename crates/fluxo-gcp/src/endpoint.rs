@@ -74,6 +74,16 @@ impl Endpoint {
         )
     }
 
+    /// [`Endpoint::resolve`] for Pub/Sub (`PUBSUB_EMULATOR_HOST`).
+    pub fn pubsub(configured: Option<&str>) -> Result<Endpoint, ConfigError> {
+        Self::resolve(Api::PubSub, configured)
+    }
+
+    /// [`Endpoint::resolve`] for Bigtable (`BIGTABLE_EMULATOR_HOST`).
+    pub fn bigtable(configured: Option<&str>) -> Result<Endpoint, ConfigError> {
+        Self::resolve(Api::Bigtable, configured)
+    }
+
     fn resolve_from(
         api: Api,
         configured: Option<&str>,

@@ -201,7 +201,7 @@ fn archive_sink_config(p: &Profile, naming: String) -> StorageSinkConfig {
 /// the archive.
 pub async fn provision(p: &Profile) -> Result<(), Error> {
     let prov = |what: &str, e: &dyn std::fmt::Display| Error::Provision(format!("{what}: {e}"));
-    let client = PubsubClient::connect(Endpoint::resolve(None)?, &p.project).await?;
+    let client = PubsubClient::connect(Endpoint::pubsub(None)?, &p.project).await?;
     for topic in [&p.topic, &p.dead_letter_topic] {
         match client.create_topic(topic).await {
             Ok(()) => tracing::info!(%topic, "topic created"),

@@ -457,7 +457,7 @@ pub async fn peek_dead_letter_subscription(
 ) -> Result<Vec<PendingDeadLetter>, Error> {
     use fluxo_gcp::pubsub::raw::proto::{ModifyAckDeadlineRequest, PullRequest};
     use fluxo_gcp::pubsub::{Endpoint, PubsubClient};
-    let client = PubsubClient::connect(Endpoint::resolve(None)?, &p.project).await?;
+    let client = PubsubClient::connect(Endpoint::pubsub(None)?, &p.project).await?;
     let subscription = client.subscription_path(&p.dead_letter_subscription())?;
     let mut out = Vec::new();
     let mut ack_ids = Vec::new();

@@ -138,7 +138,7 @@ async fn views_stay_exact_through_stall_kill_redelivery_and_replay() {
         .sum();
     let expected_net = python_sum(&totals.values().map(|(_, n)| n.clone()).collect::<Vec<_>>());
 
-    let client = PubsubClient::connect(Endpoint::resolve(None).unwrap(), &project)
+    let client = PubsubClient::connect(Endpoint::pubsub(None).unwrap(), &project)
         .await
         .unwrap();
     publish(

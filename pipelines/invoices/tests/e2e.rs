@@ -164,7 +164,7 @@ fn generator(count: u64) -> Generator {
 async fn publish(p: &Profile, count: u64) -> Sent {
     let g = generator(count);
     let validator = nfe::ValidationConfig::default().build().unwrap();
-    let client = PubsubClient::connect(Endpoint::resolve(None).unwrap(), &p.project)
+    let client = PubsubClient::connect(Endpoint::pubsub(None).unwrap(), &p.project)
         .await
         .unwrap();
     let topic = client.topic_path(&p.topic).unwrap();
@@ -372,7 +372,7 @@ async fn stream_then_replay_land_everything_exactly_once_per_invoice() {
     invoices::provision(&p)
         .await
         .expect("provisioning twice is fine");
-    let client = PubsubClient::connect(Endpoint::resolve(None).unwrap(), &project)
+    let client = PubsubClient::connect(Endpoint::pubsub(None).unwrap(), &project)
         .await
         .unwrap();
     client

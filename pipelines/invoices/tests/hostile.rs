@@ -277,7 +277,7 @@ async fn every_hostile_record_ends_as_an_exact_row_or_one_dead_letter() {
     let project = emulators.project().to_string();
     let p = profile(&project, "hostile", "");
     invoices::provision(&p).await.unwrap();
-    let client = PubsubClient::connect(Endpoint::resolve(None).unwrap(), &project)
+    let client = PubsubClient::connect(Endpoint::pubsub(None).unwrap(), &project)
         .await
         .unwrap();
 
@@ -472,7 +472,7 @@ async fn rows_a_sink_refuses_become_sink_rejected_dead_letters() {
     .profile("test", "test.toml")
     .unwrap();
     invoices::provision(&p).await.unwrap();
-    let client = PubsubClient::connect(Endpoint::resolve(None).unwrap(), &project)
+    let client = PubsubClient::connect(Endpoint::pubsub(None).unwrap(), &project)
         .await
         .unwrap();
 

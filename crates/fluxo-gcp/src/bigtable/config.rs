@@ -148,7 +148,7 @@ impl BigtableSinkConfig {
                 "must be at least 1",
             ));
         }
-        let endpoint = Endpoint::resolve(Api::Bigtable, self.endpoint.as_deref())?;
+        let endpoint = Endpoint::bigtable(self.endpoint.as_deref())?;
         let instance_path = format!("projects/{project}/instances/{}", self.instance);
         Ok(ValidConfig {
             table_path: format!("{instance_path}/tables/{}", self.table),

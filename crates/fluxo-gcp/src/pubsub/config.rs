@@ -232,7 +232,7 @@ impl PubsubSourceConfig {
             "subscriptions",
             "pubsub.subscription",
         )?;
-        let endpoint = Endpoint::resolve(Api::PubSub, self.endpoint.as_deref())?;
+        let endpoint = Endpoint::pubsub(self.endpoint.as_deref())?;
         in_range(
             "pubsub.max_messages_per_pull",
             self.max_messages_per_pull as u64,
@@ -316,7 +316,7 @@ impl PubsubSinkConfig {
             "topics",
             "pubsub.topic",
         )?;
-        let endpoint = Endpoint::resolve(Api::PubSub, self.endpoint.as_deref())?;
+        let endpoint = Endpoint::pubsub(self.endpoint.as_deref())?;
         in_range(
             "pubsub.max_messages_per_request",
             self.max_messages_per_request as u64,
