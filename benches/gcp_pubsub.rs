@@ -6,7 +6,8 @@
 //!   `FLUXO_BENCH_PUBSUB_PULLS` concurrent pulls, a comma list, default `1`) -> `DiscardSink`, every
 //!   message acked end to end, once with the sink batching the invoices pipeline gives its Bigtable
 //!   sink (1,000 elements or 100 ms) and once without a sink delay; each run is reported against both
-//!   ceiling samples of the run;
+//!   ceiling samples of the run, and the batching runs also against two samples of the same raw loop
+//!   holding its acks as that sink does (ack after 1,000 messages or 100 ms);
 //! - streaming: raw `StreamingPull` + `Acknowledge` (its own ceiling, fewer messages: the emulator's
 //!   streaming pull is slow) vs `PubsubSource` in `streaming_pull` mode.
 //!
@@ -35,7 +36,7 @@ use fluxo_gcp::pubsub::{
     PubsubClient, PubsubOut, PubsubSink, PubsubSinkConfig, PubsubSource, PubsubSourceConfig,
     ReceiveMode, SubscriptionOptions,
 };
-use pubsub_ceiling::raw_pull;
+use pubsub_ceiling::{raw_pull, raw_pull_held_acks};
 
 const PAYLOAD: usize = 500;
 
@@ -163,9 +164,9 @@ async fn connector_sink(host: &str, project: &str, topic: &str, n: u64) -> Measu
 
 /// The sink of the receive runs: either the batching the invoices pipeline really gives its Bigtable
 /// sink (`invoices::config::Tuning::default().bigtable_batch()`: 1,000 elements or 100 ms), or none
-/// (each batch written at once). Against the emulator the source waits for a batch's acks before
-/// its next pull (`PullPace`), so the sink's delay is part of every pull-process-ack cycle; the raw
-/// loop has none.
+/// (each batch written at once). Held acks make every pull the emulator serves slower (it copies
+/// its backlog while acks are outstanding), so the batching runs are also compared with a raw loop
+/// that holds its acks the same way.
 fn receive_sink(pipeline_batching: bool) -> SinkConfig {
     if pipeline_batching {
         invoices::config::Tuning::default().bigtable_batch()
@@ -301,6 +302,19 @@ fn main() {
         };
         let sub = fresh("bench-raw-1".into()).await;
         let raw = raw_pull(&client, &sub, n).await;
+        // The same loop holding its acks as the pipeline's sink batching does: the ceiling of the
+        // batching runs (against the emulator, pulls made while acks are held cost more).
+        let batch_cfg = receive_sink(true);
+        let held = |name: &'static str| {
+            let fresh = &fresh;
+            let client = client.clone();
+            async move {
+                let sub = fresh(name.into()).await;
+                raw_pull_held_acks(&client, &sub, n, batch_cfg.max_events, batch_cfg.max_delay)
+                    .await
+            }
+        };
+        let held_1 = held("bench-raw-held-1").await;
         let pulls_list = std::env::var("FLUXO_BENCH_PUBSUB_PULLS").unwrap_or_else(|_| "1".into());
         let mut connectors: Vec<(String, Measured)> = Vec::new();
         for pulls in pulls_list
@@ -328,16 +342,26 @@ fn main() {
         }
         let sub = fresh("bench-raw-2".into()).await;
         let raw_again = raw_pull(&client, &sub, n).await;
+        let held_2 = held("bench-raw-held-2").await;
         // Every connector run against every ceiling sample of this run (the emulator's own pace
-        // drifts between samples).
+        // drifts between samples); the batching runs also against the loop that holds its acks.
         for (name, conn) in &connectors {
             print_row(&format!("{name} (vs ceiling sample 1)"), raw, *conn);
             print_row(&format!("{name} (vs ceiling sample 2)"), raw_again, *conn);
+            if name.contains("sink batching") {
+                print_row(&format!("{name} (vs held-acks ceiling 1)"), held_1, *conn);
+                print_row(&format!("{name} (vs held-acks ceiling 2)"), held_2, *conn);
+            }
         }
         print_row(
             "receive: raw pull loop again (fresh topic) vs the first",
             raw,
             raw_again,
+        );
+        print_row(
+            "receive: raw loop holding acks (1,000 / 100 ms) vs the plain loop",
+            raw,
+            held_1,
         );
 
         raw_publish(&client, "bench-stream", n_stream).await;
