@@ -137,6 +137,13 @@ pub struct Tuning {
     pub concurrent_pulls: usize,
     /// Messages received and not yet acknowledged (flow control). Default 20,000.
     pub max_outstanding_messages: usize,
+    /// Bytes of message data received and not yet acknowledged (flow control), at least 1 MiB. A
+    /// message grows many times over in the worker (a 990-item invoice of 80 kB of JSON becomes its
+    /// parsed invoice, 990 BigQuery rows and 990 archive lines), so with large invoices this, not the
+    /// message count, bounds the worker's memory: 2,000 invoices of 990 items peaked at 524 MiB with
+    /// 100 MiB and at 392 MiB with 25 MiB, at the same throughput (`docs/benchmarks.md`). Default
+    /// 26,214,400 (25 MiB).
+    pub max_outstanding_bytes: usize,
     /// Ack deadline the source keeps extending for messages in flight, 10..=600 seconds: after a crash,
     /// the messages the worker held are redelivered this long after its last extension. Default 60.
     pub ack_deadline_secs: u32,
@@ -170,6 +177,7 @@ impl Default for Tuning {
             receive_mode: ReceiveMode::Auto,
             concurrent_pulls: 2,
             max_outstanding_messages: 20_000,
+            max_outstanding_bytes: 25 * 1024 * 1024,
             ack_deadline_secs: 60,
             bigtable_batch_rows: 1_000,
             bigquery_batch_rows: 4_000,
@@ -411,6 +419,13 @@ impl Profile {
                 "must be at least 1000 (one full Pull)",
             ));
         }
+        if t.max_outstanding_bytes < 1024 * 1024 {
+            return Err(invalid(
+                "tuning.max_outstanding_bytes",
+                t.max_outstanding_bytes,
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
         if !(10..=600).contains(&t.ack_deadline_secs) {
             return Err(invalid(
                 "tuning.ack_deadline_secs",
@@ -521,6 +536,12 @@ mod tests {
         assert_eq!(
             file.profile("local", "f.toml").unwrap_err().to_string(),
             "invalid config: tuning.raw_window_secs = 7: must divide a day (60, 300, 900, 3600, ...)"
+        );
+        let small = format!("{base}\n[profiles.local.tuning]\nmax_outstanding_bytes = 1048575\n");
+        let file = ConfigFile::parse(&small, "f.toml").unwrap();
+        assert_eq!(
+            file.profile("local", "f.toml").unwrap_err().to_string(),
+            "invalid config: tuning.max_outstanding_bytes = 1048575: must be at least 1048576 (1 MiB)"
         );
         let guard = base.replace(
             "dead_letter_subscription = \"invoices-dead-letter-sub\"\nbigtable_instance = \"local-instance\"",

@@ -478,6 +478,7 @@ pub async fn run_stream(
         mode: t.receive_mode,
         concurrent_pulls: t.concurrent_pulls,
         max_outstanding_messages: t.max_outstanding_messages,
+        max_outstanding_bytes: t.max_outstanding_bytes,
         ack_deadline_secs: t.ack_deadline_secs,
         ..PubsubSourceConfig::default()
     })
