@@ -16,6 +16,7 @@ use std::cell::Cell;
 use std::future::Future;
 use std::hash::{DefaultHasher, Hasher};
 use std::pin::Pin;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -254,9 +255,13 @@ fn open_batch(len: usize, ids: Box<[u64]>) -> (Vec<Finalizer>, AckReceiver) {
             let _ = tx.send(Outcomes::default());
         }
     }
+    // One strong count per slot, given back by the slot's last copy (see `Finalizer::shared`).
     let finalizers = (0..len as u32)
         .map(|idx| Finalizer {
-            shared: Arc::clone(&shared),
+            // SAFETY: `Arc::into_raw` never returns null.
+            shared: unsafe {
+                NonNull::new_unchecked(Arc::into_raw(Arc::clone(&shared)).cast_mut())
+            },
             idx,
         })
         .collect();
@@ -296,21 +301,38 @@ impl AckReceiver {
 /// The acknowledgement handle of one element. Cloning it makes a new copy that must also finish before the
 /// element counts as done. Dropping it without [`Finalizer::update`] means the copy finished normally.
 pub struct Finalizer {
-    shared: Arc<Shared>,
+    /// The batch's shared state. Each *slot* whose copies are still alive holds one strong count of
+    /// the `Arc` (taken in `open_batch`, given back when the slot's last copy drops); copies of one
+    /// slot share it and only touch the slot's own counter. An `Arc` per copy cost two more atomic
+    /// operations per copy on one counter shared by every element of the batch (14% of the engine
+    /// benchmark's time was cloning and dropping it).
+    shared: NonNull<Shared>,
     idx: u32,
 }
 
+// SAFETY: `Finalizer` gives access to `Shared` only through `&Shared` (all of whose state is atomics
+// and mutexes, so `Shared: Send + Sync`), and the pointer stays valid while the copy lives (the strong
+// count its slot holds).
+unsafe impl Send for Finalizer {}
+unsafe impl Sync for Finalizer {}
+
 impl Finalizer {
+    fn shared(&self) -> &Shared {
+        // SAFETY: the slot of this copy holds a strong count until its last copy drops (see `shared`).
+        unsafe { self.shared.as_ref() }
+    }
+
     fn slot(&self) -> &Slot {
-        &self.shared.slots[self.idx as usize]
+        &self.shared().slots[self.idx as usize]
     }
 
     /// The record this finalizer belongs to, when its source supplied record ids
     /// ([`ack_batch_with_ids`]).
     pub fn record(&self) -> Option<RecordId> {
-        self.shared.ids.get(self.idx as usize).map(|&id| RecordId {
+        let shared = self.shared();
+        shared.ids.get(self.idx as usize).map(|&id| RecordId {
             id,
-            delivery: self.shared.delivery,
+            delivery: shared.delivery,
         })
     }
 
@@ -325,16 +347,18 @@ impl Finalizer {
     pub fn fail(&self, status: Status, reason: &Arc<str>) {
         if status != Status::Delivered {
             self.update(status);
-            self.shared.record_failure(self.idx, status, reason);
+            self.shared().record_failure(self.idx, status, reason);
         }
     }
 }
 
 impl Clone for Finalizer {
     fn clone(&self) -> Self {
+        // A live copy keeps its slot's count above zero, so the slot (and its strong count) cannot
+        // finish while this increment happens.
         self.slot().refs.fetch_add(1, Ordering::Relaxed);
         Finalizer {
-            shared: Arc::clone(&self.shared),
+            shared: self.shared,
             idx: self.idx,
         }
     }
@@ -348,7 +372,10 @@ impl Drop for Finalizer {
             self.update(Status::Errored);
         }
         if self.slot().refs.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.shared.slot_done();
+            self.shared().slot_done();
+            // SAFETY: the slot's last copy gives back the strong count the slot took in
+            // `open_batch`; nothing of this copy touches `Shared` afterwards.
+            unsafe { Arc::decrement_strong_count(self.shared.as_ptr()) };
         }
     }
 }
@@ -462,6 +489,41 @@ mod tests {
             rx.wait().await,
             vec![Status::Delivered, Status::Errored, Status::Rejected]
         );
+    }
+
+    /// A weak handle on a batch's shared state, to see when it is freed.
+    fn weak_shared(f: &Finalizer) -> std::sync::Weak<Shared> {
+        // SAFETY: `f` is alive, so its slot holds a strong count; the count taken here is given back
+        // by dropping `a`.
+        unsafe {
+            Arc::increment_strong_count(f.shared.as_ptr());
+            let a = Arc::from_raw(f.shared.as_ptr());
+            Arc::downgrade(&a)
+        }
+    }
+
+    #[test]
+    fn the_batch_state_lives_exactly_as_long_as_its_copies() {
+        // Copies across threads, out of order, and a receiver dropped first or kept.
+        for keep_receiver in [false, true] {
+            let (fins, rx) = ack_batch(64);
+            let weak = weak_shared(&fins[0]);
+            let rx = keep_receiver.then_some(rx);
+            let copies: Vec<Finalizer> = fins.iter().flat_map(|f| [f.clone(), f.clone()]).collect();
+            drop(fins);
+            assert!(weak.upgrade().is_some(), "copies still alive");
+            let (a, b) = copies.split_at(64);
+            let (a, b) = (a.to_vec(), b.to_vec());
+            drop(copies);
+            let t = std::thread::spawn(move || drop(a));
+            drop(b);
+            t.join().unwrap();
+            assert!(weak.upgrade().is_none(), "freed once the last copy dropped");
+            if let Some(rx) = rx {
+                let statuses = futures::executor::block_on(rx.wait());
+                assert_eq!(statuses, vec![Status::Delivered; 64]);
+            }
+        }
     }
 
     #[tokio::test]
