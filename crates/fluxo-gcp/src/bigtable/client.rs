@@ -61,15 +61,25 @@ impl fluxo::ErrorClass for BigtableError {
 }
 
 impl BigtableError {
-    /// An error from a gRPC status.
+    /// An error from a gRPC status, classified by its code ([`grpc_code_is_retriable`]).
     pub fn from_status(op: &'static str, status: &tonic::Status) -> Self {
         let code = status.code();
         BigtableError::Status {
             op,
             code,
             message: status.message().to_string(),
-            retriable: classify(code, status.message()),
+            retriable: grpc_code_is_retriable(code),
         }
+    }
+
+    /// [`BigtableError::from_status`] for a status from `endpoint`, classified by [`classify`] (what
+    /// the sink uses for the answers to its writes).
+    pub fn from_status_on(endpoint: &Endpoint, op: &'static str, status: &tonic::Status) -> Self {
+        let mut e = Self::from_status(op, status);
+        if let BigtableError::Status { retriable, .. } = &mut e {
+            *retriable = classify(endpoint, status.code(), status.message());
+        }
+        e
     }
 
     /// The gRPC code, when the server answered.
@@ -98,16 +108,13 @@ impl BigtableError {
     }
 }
 
-/// Retry classification of a status from Bigtable: [`grpc_code_is_retriable`], except that an `INTERNAL`
-/// (13) whose message names a column family or a timestamp is permanent. cbtemulator answers 13 for a
-/// missing family and for a timestamp that is not a whole millisecond; the sink checks both before
-/// sending, so this only matters when the table changed under a running sink.
-pub fn classify(code: tonic::Code, message: &str) -> bool {
-    if code == tonic::Code::Internal {
-        let m = message.to_ascii_lowercase();
-        if m.contains("family") || m.contains("timestamp") {
-            return false;
-        }
+/// Retry classification of a status from Bigtable at `endpoint`: [`grpc_code_is_retriable`], except
+/// for the `INTERNAL` statuses the endpoint calls permanent
+/// ([`Endpoint::internal_error_is_permanent`]: cbtemulator's answer to a missing family or a
+/// timestamp that is not a whole millisecond).
+pub fn classify(endpoint: &Endpoint, code: tonic::Code, message: &str) -> bool {
+    if code == tonic::Code::Internal && endpoint.internal_error_is_permanent(message) {
+        return false;
     }
     grpc_code_is_retriable(code)
 }
@@ -341,15 +348,22 @@ mod tests {
     use fluxo::ErrorClass;
 
     #[test]
-    fn internal_errors_naming_a_family_or_timestamp_are_permanent() {
-        assert!(!classify(tonic::Code::Internal, "unknown family \"gone\""));
+    fn internal_errors_naming_a_family_or_timestamp_are_permanent_on_the_emulator_only() {
+        let emu = Endpoint::Emulator("127.0.0.1:1".into());
+        let google = Endpoint::Google(crate::endpoint::Api::Bigtable);
+        let family = tonic::Status::internal("unknown family \"gone\"");
+        assert!(!classify(&emu, tonic::Code::Internal, family.message()));
+        assert!(!BigtableError::from_status_on(&emu, "MutateRows", &family).is_retriable());
+        assert!(classify(&google, tonic::Code::Internal, family.message()));
+        assert!(BigtableError::from_status_on(&google, "MutateRows", &family).is_retriable());
         assert!(!classify(
+            &emu,
             tonic::Code::Internal,
             "Timestamp not in millisecond granularity"
         ));
-        assert!(classify(tonic::Code::Internal, "server hiccup"));
-        assert!(classify(tonic::Code::Unavailable, "family"));
-        assert!(!classify(tonic::Code::InvalidArgument, "bad"));
+        assert!(classify(&emu, tonic::Code::Internal, "server hiccup"));
+        assert!(classify(&emu, tonic::Code::Unavailable, "family"));
+        assert!(!classify(&google, tonic::Code::InvalidArgument, "bad"));
         let e = BigtableError::from_status("MutateRows", &tonic::Status::not_found("x"));
         assert!(!e.is_retriable());
         assert!(BigtableError::Transport {

@@ -275,7 +275,13 @@ impl BigtableSink {
                         tracing::debug!(%status, "MutateRows stream ended early");
                         break;
                     }
-                    Err(status) => return Err(BigtableError::from_status("MutateRows", &status)),
+                    Err(status) => {
+                        return Err(BigtableError::from_status_on(
+                            &self.cfg.endpoint,
+                            "MutateRows",
+                            &status,
+                        ))
+                    }
                 };
                 for entry in msg.entries {
                     let Some(idx) = usize::try_from(entry.index).ok().filter(|i| *i < n) else {
@@ -286,7 +292,11 @@ impl BigtableSink {
                         let status = tonic::Status::new(tonic::Code::from(st.code), st.message);
                         failed.push((
                             chunk.rows[idx],
-                            BigtableError::from_status("MutateRows", &status),
+                            BigtableError::from_status_on(
+                                &self.cfg.endpoint,
+                                "MutateRows",
+                                &status,
+                            ),
                         ));
                     }
                 }
