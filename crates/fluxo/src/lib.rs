@@ -68,7 +68,7 @@ pub use pipeline::{
     Runnable, StepFailure, StepKind, Tagged, WithLate,
 };
 pub use report::{BufferReport, RunReport, SinkReport, SourceReport, StepReport};
-pub use requests::RequestSplitter;
+pub use requests::{send_requests, RequestSplitter};
 pub use shutdown::{Shutdown, ShutdownSignal};
 pub use sink::{backoff, ErrorClass, Meta, RetryConfig, Sink, SinkBatch, SinkConfig, WriteError};
 pub use source::{BoxError, IterSource, Source, SourceContext, Stopped};

@@ -1,6 +1,13 @@
-//! Splitting a sink batch into the requests a service accepts: one rule for every sink, so the limits
-//! of Pub/Sub (`Publish`: messages, bytes), Bigtable (`MutateRows`: entries, mutations, bytes) and
-//! BigQuery (`AppendRows`: rows, bytes) are applied the same way.
+//! Splitting a sink batch into the requests a service accepts ([`RequestSplitter`]) and sending them
+//! ([`send_requests`]): one rule for every sink, so the limits of Pub/Sub (`Publish`: messages,
+//! bytes), Bigtable (`MutateRows`: entries, mutations, bytes) and BigQuery (`AppendRows`: rows, bytes)
+//! are applied the same way, and a failed request fails exactly the elements it carried.
+
+use std::future::Future;
+
+use futures::StreamExt;
+
+use crate::sink::WriteError;
 
 /// Groups items, in order, into requests of at most `max_items` items and at most `max[k]` of each
 /// weight `k` (bytes, mutations, ...). A request is closed when the next item would pass a limit; an
@@ -66,6 +73,83 @@ impl<const N: usize> RequestSplitter<N> {
         self.items = 0;
         self.used = [0; N];
     }
+}
+
+/// Sends the requests of one sink batch, at most `concurrency` at once, and turns their answers into
+/// the batch's outcome. Each request comes with the batch indices of the elements it carries and the
+/// future that sends it; the future answers `Ok` with the elements the service refused one by one
+/// (batch indices, for example the per-entry statuses of `MutateRows`) or `Err` when the request
+/// failed as a whole, which fails every element it carried. `failures` holds what the caller refused
+/// before sending (elements that can never be written).
+///
+/// The outcome is `Ok` when nothing failed, [`WriteError::All`] (with the error of the first request)
+/// when every one of the `batch_len` elements failed with its whole request and nothing was refused
+/// before (one failure of the batch, retried as one), else [`WriteError::Partial`] with every failed
+/// index once, in index order.
+pub async fn send_requests<E, It, Fut>(
+    requests: impl IntoIterator<Item = (It, Fut)>,
+    concurrency: usize,
+    batch_len: usize,
+    mut failures: Vec<(usize, E)>,
+) -> Result<(), WriteError<E>>
+where
+    It: IntoIterator<Item = usize>,
+    Fut: Future<Output = Result<Vec<(usize, E)>, E>>,
+    E: Clone,
+{
+    let refused_before = failures.len();
+    // A plain loop over `FuturesUnordered` with a named async fn, not a stream of closures: the
+    // callers' futures must stay `Send` inside `Sink::write`, and closures returning async blocks
+    // defeat the compiler's proof of that ("implementation of FnOnce is not general enough").
+    let concurrency = concurrency.max(1);
+    let mut queued = requests.into_iter().enumerate();
+    let mut running = futures::stream::FuturesUnordered::new();
+    let mut answers = Vec::new();
+    loop {
+        while running.len() < concurrency {
+            let Some((n, (items, send))) = queued.next() else {
+                break;
+            };
+            running.push(numbered(n, items, send));
+        }
+        match running.next().await {
+            Some(answer) => answers.push(answer),
+            None => break,
+        }
+    }
+    // Completion order varies; the request order decides which error stands for the batch.
+    answers.sort_unstable_by_key(|(n, _, _)| *n);
+    let (mut whole_failures, mut every_request_failed) = (0usize, !answers.is_empty());
+    let mut first_error = None;
+    for (_, items, answer) in answers {
+        match answer {
+            Ok(refused) => {
+                every_request_failed = false;
+                failures.extend(refused);
+            }
+            Err(e) => {
+                let before = failures.len();
+                failures.extend(items.into_iter().map(|i| (i, e.clone())));
+                whole_failures += failures.len() - before;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if failures.is_empty() {
+        return Ok(());
+    }
+    if every_request_failed && refused_before == 0 && whole_failures == batch_len {
+        if let Some(e) = first_error {
+            return Err(WriteError::All(e));
+        }
+    }
+    failures.sort_by_key(|(i, _)| *i);
+    Err(WriteError::Partial(failures))
+}
+
+/// `send`'s answer with the request's number and elements.
+async fn numbered<It, Fut: Future>(n: usize, items: It, send: Fut) -> (usize, It, Fut::Output) {
+    (n, items, send.await)
 }
 
 #[cfg(test)]
@@ -139,6 +223,92 @@ mod tests {
                         && sum(&grown, 0) <= max_a
                         && sum(&grown, 1) <= max_b;
                     assert!(!fits, "{r:?} could take {} of {items:?}", next[0]);
+                }
+            }
+        }
+    }
+
+    /// Random batches split into random requests, each failing whole, refusing some elements, or
+    /// succeeding; the outcome against an expectation computed directly from the same choices.
+    #[test]
+    fn failed_requests_fail_exactly_their_elements() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let mut rng = fastrand::Rng::with_seed(11);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        for _ in 0..500 {
+            let len = rng.usize(0..30);
+            // Refused before sending, then the rest in requests of 1..5 elements.
+            let refused: Vec<usize> = (0..len).filter(|_| rng.u8(..10) == 0).collect();
+            let mut requests: Vec<Vec<usize>> = Vec::new();
+            for i in (0..len).filter(|i| !refused.contains(i)) {
+                if requests.last().is_none_or(|r| r.len() >= rng.usize(1..5)) {
+                    requests.push(Vec::new());
+                }
+                requests.last_mut().unwrap().push(i);
+            }
+            // 0: ok, 1: the whole request fails, 2: some of its elements are refused.
+            let fate: Vec<u8> = requests.iter().map(|_| rng.u8(..3)).collect();
+            let partly: Vec<Vec<usize>> = requests
+                .iter()
+                .map(|r| r.iter().copied().filter(|_| rng.bool()).collect())
+                .collect();
+            let mut expected: Vec<usize> = refused.clone();
+            for (k, r) in requests.iter().enumerate() {
+                match fate[k] {
+                    1 => expected.extend(r),
+                    2 => expected.extend(&partly[k]),
+                    _ => {}
+                }
+            }
+            expected.sort_unstable();
+            let all_whole = !requests.is_empty()
+                && fate.iter().all(|f| *f == 1)
+                && refused.is_empty()
+                && expected.len() == len;
+
+            let limit = rng.usize(1..4);
+            let (running, peak) = (AtomicUsize::new(0), AtomicUsize::new(0));
+            let sends = requests.iter().enumerate().map(|(k, r)| {
+                let (fate, partly, running, peak) = (fate[k], &partly[k], &running, &peak);
+                // Paused time: requests finish in the order of their delays, not of their start.
+                let delay = std::time::Duration::from_millis(rng.u64(0..5));
+                let send = async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(delay).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    match fate {
+                        1 => Err(k),
+                        2 => Ok(partly.iter().map(|&i| (i, k)).collect()),
+                        _ => Ok(Vec::new()),
+                    }
+                };
+                (r.clone(), send)
+            });
+            let prior = refused.iter().map(|&i| (i, usize::MAX)).collect();
+            let out = rt.block_on(send_requests(sends, limit, len, prior));
+            assert!(peak.load(Ordering::SeqCst) <= limit);
+            match out {
+                Ok(()) => assert!(expected.is_empty()),
+                Err(WriteError::All(e)) => {
+                    assert!(all_whole, "All for {expected:?}");
+                    assert_eq!(e, 0, "the first request's error stands for the batch");
+                }
+                Err(WriteError::Partial(f)) => {
+                    assert!(!all_whole);
+                    let got: Vec<usize> = f.iter().map(|(i, _)| *i).collect();
+                    assert_eq!(got, expected, "each failed element once, in index order");
+                    for (i, e) in f {
+                        if refused.contains(&i) {
+                            assert_eq!(e, usize::MAX);
+                        } else {
+                            assert!(requests[e].contains(&i), "{i} failed with request {e}");
+                        }
+                    }
                 }
             }
         }

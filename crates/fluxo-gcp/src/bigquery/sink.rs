@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use fluxo::{Sink, SinkBatch, WriteError};
-use futures::stream::{self, StreamExt};
 use reqwest::Method;
 use serde_json::Value;
 use tokio::sync::Mutex;
@@ -273,40 +272,27 @@ impl Sink<TableRow> for BigQuerySink {
         let rows = batch.values();
         let mut failures = Vec::new();
         let requests = plan(&self.inner.settings, rows, &mut failures);
-        let single = requests.len() == 1 && failures.is_empty();
         // Every lane of every table may be busy at once; more would only queue.
         let concurrency = self.inner.settings.streams_per_table * self.inner.settings.tables.len();
-        let results: Vec<(Request, super::write::AppendOutcome)> = stream::iter(requests)
-            .map(|req| async move {
-                let r = self.send(rows, &req).await;
-                (req, r)
-            })
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
-        for (req, result) in results {
-            match result {
-                Ok(row_failures) => {
-                    for (i, e) in row_failures {
-                        failures.push((req.indices[i] as usize, e));
+        // Collected: a lazy iterator of closures held across the sends would defeat the proof
+        // that this future is `Send`.
+        let sends: Vec<_> = requests.iter().map(|req| {
+            let send = async move {
+                match self.send(rows, req).await {
+                    // Row failures come with indices into the request.
+                    Ok(row_failures) => Ok(row_failures
+                        .into_iter()
+                        .map(|(i, e)| (req.indices[i] as usize, e))
+                        .collect()),
+                    Err(e) => {
+                        tracing::debug!(table = %self.inner.settings.tables[req.table], rows = req.indices.len(), error = %e, "BigQuery append failed");
+                        Err(e)
                     }
                 }
-                Err(e) => {
-                    tracing::debug!(table = %self.inner.settings.tables[req.table], rows = req.indices.len(), error = %e, "BigQuery append failed");
-                    if single {
-                        return Err(WriteError::All(e));
-                    }
-                    for i in &req.indices {
-                        failures.push((*i as usize, e.clone()));
-                    }
-                }
-            }
-        }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(WriteError::Partial(failures))
-        }
+            };
+            (req.indices.iter().map(|&i| i as usize), send)
+        }).collect();
+        fluxo::send_requests(sends, concurrency, rows.len(), failures).await
     }
 }
 

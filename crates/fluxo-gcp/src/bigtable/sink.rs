@@ -386,34 +386,21 @@ impl Sink<RowMutation> for BigtableSink {
                 }
             }
         }
-        let invalid = failures.len();
-        let results = futures::future::join_all(chunks.iter().map(|c| self.send(values, c))).await;
-        let mut all_requests_failed = !chunks.is_empty();
-        let mut first_error = None;
-        for (chunk, r) in chunks.iter().zip(results) {
-            match r {
-                Ok(failed) => {
-                    all_requests_failed = false;
-                    failures.extend(failed);
-                }
-                Err(e) => {
-                    let e = request_level(e);
-                    failures.extend(chunk.rows.iter().map(|&i| (i, e.clone())));
-                    first_error.get_or_insert(e);
-                }
-            }
+        // Collected: a lazy iterator of closures held across the sends would defeat the proof
+        // that this future is `Send`.
+        let sends: Vec<_> = chunks
+            .iter()
+            .map(|c| {
+                let send = async move { self.send(values, c).await.map_err(request_level) };
+                (c.rows.iter().copied(), send)
+            })
+            .collect();
+        // Every request at once: the outstanding-bytes semaphore in `send` bounds them.
+        let out = fluxo::send_requests(sends, chunks.len(), values.len(), failures).await;
+        if let Err(WriteError::Partial(failures)) = &out {
+            log_failures(failures);
         }
-        if failures.is_empty() {
-            return Ok(());
-        }
-        if all_requests_failed && invalid == 0 && failures.len() == values.len() {
-            if let Some(e) = first_error {
-                // Every row failed with the request (server down, timeout): one failure for the batch.
-                return Err(WriteError::All(e));
-            }
-        }
-        log_failures(&failures);
-        Err(WriteError::Partial(failures))
+        out
     }
 }
 

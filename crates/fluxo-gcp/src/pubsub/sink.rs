@@ -241,25 +241,15 @@ impl<T: ToPubsub> Sink<T> for PubsubSink<T> {
         if !msgs.is_empty() {
             requests.push((idx, msgs));
         }
-        let single = requests.len() == 1 && failures.is_empty();
-        let results = futures::future::join_all(
-            requests
-                .into_iter()
-                .map(|(idx, msgs)| async move { (idx, self.publish(msgs).await) }),
-        )
-        .await;
-        for (idx, result) in results {
-            if let Err(e) = result {
-                if single {
-                    return Err(WriteError::All(e));
-                }
-                failures.extend(idx.into_iter().map(|i| (i, e.clone())));
-            }
-        }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(WriteError::Partial(failures))
-        }
+        // Every request of the batch at once (the engine bounds the batches in flight).
+        let concurrency = requests.len();
+        let sends = requests.into_iter().map(|(idx, msgs)| {
+            // A `Publish` succeeds or fails as a whole.
+            (
+                idx,
+                async move { self.publish(msgs).await.map(|()| Vec::new()) },
+            )
+        });
+        fluxo::send_requests(sends, concurrency, batch.len(), failures).await
     }
 }
