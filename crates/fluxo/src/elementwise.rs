@@ -350,21 +350,63 @@ impl<O, D> DoFnContext<'_, O, D> {
     }
 }
 
-/// Where [`DoFn::finish_bundle`] emits.
+/// Where [`DoFn::finish_bundle`] emits: the main output, the dead letters and the named outputs, each
+/// element with an explicit event time and window. Everything emitted here carries the
+/// acknowledgement of every input of the bundle: no input is acknowledged before all of them are
+/// stored, and a failure of any of them fails (and nacks) every input of the bundle, as in Beam,
+/// where the outputs of `finishBundle` belong to the whole bundle.
 pub struct BundleContext<'a, O, D> {
-    out: &'a mut Vec<(O, Timestamp, Window)>,
-    dead: &'a mut Vec<(D, Timestamp, Window)>,
+    out: &'a mut Vec<Element<O>>,
+    dead: &'a mut Vec<Element<D>>,
+    side: &'a mut SideBuffers,
+    /// The finalizers of the bundle's inputs, merged into `all` on the first emission only (a
+    /// bundle that emits nothing here costs nothing).
+    inputs: &'a mut Vec<Finalizers>,
+    all: Option<Finalizers>,
 }
 
 impl<O, D> BundleContext<'_, O, D> {
+    fn element<T>(&mut self, value: T, timestamp: Timestamp, window: Window) -> Element<T> {
+        let inputs = &mut *self.inputs;
+        let all = self.all.get_or_insert_with(|| {
+            let mut all = Finalizers::None;
+            for f in inputs.drain(..) {
+                all.merge(f);
+            }
+            all
+        });
+        Element {
+            value,
+            timestamp,
+            window,
+            pane: PaneInfo::default(),
+            finalizers: all.clone(),
+        }
+    }
+
     /// Emits to the main output.
     pub fn output(&mut self, value: O, timestamp: Timestamp, window: Window) {
-        self.out.push((value, timestamp, window));
+        let e = self.element(value, timestamp, window);
+        self.out.push(e);
     }
 
     /// Emits to the dead-letter output.
     pub fn dead_letter(&mut self, value: D, timestamp: Timestamp, window: Window) {
-        self.dead.push((value, timestamp, window));
+        let e = self.element(value, timestamp, window);
+        self.dead.push(e);
+    }
+
+    /// Emits to the additional output named by `tag` (see [`DoFnContext::output_to`]: an output the
+    /// pipeline does not read fails its elements, and so every input of the bundle).
+    pub fn output_to<T: Data>(
+        &mut self,
+        tag: &OutputTag<T>,
+        value: T,
+        timestamp: Timestamp,
+        window: Window,
+    ) {
+        let e = self.element(value, timestamp, window);
+        self.side.push(tag, e);
     }
 }
 
@@ -435,38 +477,18 @@ impl<D: DoFn> BatchFn for ParDoFn<D> {
                 self.bundle_finalizers.push(e.finalizers);
             }
         }
-        let mut late_out = Vec::new();
-        let mut late_dead = Vec::new();
         self.dofn.finish_bundle(&mut BundleContext {
-            out: &mut late_out,
-            dead: &mut late_dead,
+            out,
+            dead,
+            side,
+            inputs: &mut self.bundle_finalizers,
+            all: None,
         });
-        if late_out.is_empty() && late_dead.is_empty() {
-            self.bundle_finalizers.clear();
-        } else {
-            let mut all = Finalizers::None;
-            for f in self.bundle_finalizers.drain(..) {
-                all.merge(f);
-            }
-            out.extend(late_out.into_iter().map(|x| bundle_element(x, &all)));
-            dead.extend(late_dead.into_iter().map(|x| bundle_element(x, &all)));
-        }
+        self.bundle_finalizers.clear();
         dropped
     }
 }
 
-fn bundle_element<T>(
-    (value, timestamp, window): (T, Timestamp, Window),
-    finalizers: &Finalizers,
-) -> Element<T> {
-    Element {
-        value,
-        timestamp,
-        window,
-        pane: PaneInfo::default(),
-        finalizers: finalizers.clone(),
-    }
-}
 
 struct Done<F: BatchFn> {
     f: Option<F>,

@@ -1257,3 +1257,56 @@ async fn dofns_see_the_input_watermark_of_their_step() {
         assert_eq!(behind.values(), vec!["behind".to_string()]);
     }
 }
+
+/// Sums each bundle and emits the sum from `finish_bundle` to a named output.
+#[derive(Clone)]
+struct SumPerBundle {
+    totals: fluxo::OutputTag<u64>,
+    sum: u64,
+}
+
+impl DoFn for SumPerBundle {
+    type In = u64;
+    type Out = u64;
+    type Dead = std::convert::Infallible;
+    fn process(&mut self, n: u64, _ctx: &mut DoFnContext<'_, u64, Self::Dead>) {
+        self.sum += n;
+    }
+    fn finish_bundle(&mut self, ctx: &mut fluxo::BundleContext<'_, u64, Self::Dead>) {
+        let sum = std::mem::take(&mut self.sum);
+        ctx.output_to(&self.totals, sum, secs(99), Window::GLOBAL);
+    }
+}
+
+#[tokio::test]
+async fn finish_bundle_emits_to_named_outputs_under_the_bundle_acks() {
+    // Stored: every input acknowledged, the totals add up to the inputs' sum (0 + 1 + ... + 19).
+    // Refused by the totals' sink: every input of the bundle fails with it.
+    for refuse in [false, true] {
+        let p = Pipeline::new("bundle-outputs");
+        let (source, acks) = TestStream::new()
+            .add_values((0..20u64).map(|i| (i, secs(i as i64))))
+            .with_acks();
+        let dofn = SumPerBundle {
+            totals: fluxo::OutputTag::new("totals"),
+            sum: 0,
+        };
+        let (totals_sink, totals) = CollectingSink::new();
+        let totals_sink = totals_sink.rejecting(move |_| refuse);
+        let summed = p.read("Read", source).par_do("SumBundle", dofn.clone());
+        summed.main.write("Main", DiscardSink, fast_sink());
+        summed
+            .output(&dofn.totals)
+            .write("Totals", totals_sink, fast_sink());
+        p.run(RunOptions::default()).await.unwrap();
+        let statuses = acks.statuses().await;
+        if refuse {
+            assert!(totals.is_empty());
+            assert_eq!(statuses, vec![Status::Rejected; 20]);
+        } else {
+            assert_eq!(totals.values().iter().sum::<u64>(), (0..20).sum::<u64>());
+            assert!(totals.elements().iter().all(|c| c.timestamp == secs(99)));
+            assert_eq!(statuses, vec![Status::Delivered; 20]);
+        }
+    }
+}
