@@ -16,7 +16,7 @@ use crate::finalizer::{Finalizers, Status};
 use crate::metrics::{MetricScope, StepMetrics};
 use crate::operator::{Operator, Output};
 use crate::tagged::{OutputTag, SideBuffers, SideOutputs};
-use crate::window::WindowFn;
+use crate::window::{WindowAssigner, WindowFn};
 
 impl Data for Infallible {}
 
@@ -183,26 +183,15 @@ impl<T: Data> BatchFn for WindowIntoFn<T> {
         _dead: &mut Vec<Element<Infallible>>,
         _side: &mut SideBuffers,
     ) -> u64 {
-        let window_fn = self.0;
-        if !window_fn.assigns_to_single_window() {
+        let window_fn = &self.0;
+        if let WindowFn::Custom(custom) = window_fn {
+            assign_checked(custom.assigner(), batch, out);
+        } else if !window_fn.assigns_to_single_window() {
             let mut windows = Vec::with_capacity(4);
             for e in batch {
                 windows.clear();
                 window_fn.assign(e.timestamp, |w| windows.push(w));
-                let (last, rest) = match windows.split_last() {
-                    Some(x) => x,
-                    None => continue,
-                };
-                for w in rest {
-                    let mut copy = e.clone();
-                    copy.window = *w;
-                    copy.pane = PaneInfo::default();
-                    out.push(copy);
-                }
-                let mut e = e;
-                e.window = *last;
-                e.pane = PaneInfo::default();
-                out.push(e);
+                copy_into_windows(e, &windows, out);
             }
         } else {
             out.extend(batch.into_iter().map(|mut e| {
@@ -212,6 +201,64 @@ impl<T: Data> BatchFn for WindowIntoFn<T> {
             }));
         }
         0
+    }
+}
+
+/// `e` in each of `windows` (copies but for the last, which takes the element itself).
+fn copy_into_windows<T: Data>(e: Element<T>, windows: &[Window], out: &mut Vec<Element<T>>) {
+    let Some((last, rest)) = windows.split_last() else {
+        return;
+    };
+    for w in rest {
+        let mut copy = e.clone();
+        copy.window = *w;
+        copy.pane = PaneInfo::default();
+        out.push(copy);
+    }
+    let mut e = e;
+    e.window = *last;
+    e.pane = PaneInfo::default();
+    out.push(e);
+}
+
+/// Window assignment by a user's [`WindowAssigner`], with its contract checked on every element: at
+/// least one window, each containing the element's timestamp, exactly one when the strategy says so.
+/// An element that breaks it is failed (`Rejected`, with the reason), not kept in a wrong window.
+fn assign_checked<T: Data>(
+    assigner: &dyn WindowAssigner,
+    batch: Vec<Element<T>>,
+    out: &mut Vec<Element<T>>,
+) {
+    let single = assigner.assigns_to_single_window();
+    let mut windows = Vec::with_capacity(4);
+    for e in batch {
+        windows.clear();
+        assigner.assign(e.timestamp, &mut |w| windows.push(w));
+        let ts = e.timestamp;
+        let broken = if windows.is_empty() {
+            Some("assigned no window".to_string())
+        } else if single && windows.len() > 1 {
+            Some(format!(
+                "says it assigns one window per timestamp but assigned {}",
+                windows.len()
+            ))
+        } else {
+            windows
+                .iter()
+                .find(|w| !(w.start <= ts && ts < w.end))
+                .map(|w| format!("assigned a window {w:?} that does not contain the timestamp"))
+        };
+        match broken {
+            None => copy_into_windows(e, &windows, out),
+            Some(why) => {
+                let reason: Arc<str> = Arc::from(format!(
+                    "window strategy '{}' {why} (element at {ts:?})",
+                    assigner.name()
+                ));
+                tracing::error!(strategy = assigner.name(), %reason, "window assignment broke its contract: element failed");
+                e.finalizers.fail(Status::Rejected, &reason);
+            }
+        }
     }
 }
 
@@ -488,7 +535,6 @@ impl<D: DoFn> BatchFn for ParDoFn<D> {
         dropped
     }
 }
-
 
 struct Done<F: BatchFn> {
     f: Option<F>,

@@ -269,7 +269,7 @@ where
                         }
                     }
                 }
-                let windowing = self.windowing;
+                let windowing = &self.windowing;
                 panes.retain(|p| windowing.expiry(&p.window) > wm);
                 if panes.is_empty() {
                     self.state.remove(&key);

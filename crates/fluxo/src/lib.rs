@@ -73,4 +73,7 @@ pub use shutdown::{Shutdown, ShutdownSignal};
 pub use sink::{backoff, ErrorClass, Meta, RetryConfig, Sink, SinkBatch, SinkConfig, WriteError};
 pub use source::{BoxError, IterSource, Source, SourceContext, Stopped};
 pub use tagged::OutputTag;
-pub use window::{Accumulation, EarlyFiring, LatePolicy, Trigger, WindowFn, Windowing};
+pub use window::{
+    Accumulation, CustomWindows, EarlyFiring, LatePolicy, Trigger, WindowAssigner, WindowFn,
+    Windowing,
+};

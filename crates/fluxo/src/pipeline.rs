@@ -396,7 +396,10 @@ impl Pipeline {
     /// lateness, accumulation): the output has one, and a grouping step after it would otherwise
     /// treat some inputs' elements by another input's rules. The build fails otherwise.
     pub fn flatten<T: Data>(&self, label: &str, inputs: &[&PCollection<T>]) -> PCollection<T> {
-        let windowing = inputs.first().map(|c| c.windowing).unwrap_or_default();
+        let windowing = inputs
+            .first()
+            .map(|c| c.windowing.clone())
+            .unwrap_or_default();
         let mut g = self.graph.borrow_mut();
         let full = g.register(label);
         if inputs.is_empty() {
@@ -559,7 +562,7 @@ impl<T> Clone for PCollection<T> {
         PCollection {
             graph: Rc::clone(&self.graph),
             slot: self.slot,
-            windowing: self.windowing,
+            windowing: self.windowing.clone(),
             _t: PhantomData,
         }
     }
@@ -602,7 +605,7 @@ impl<O: Data, D: Data> Tagged<O, D> {
     /// acknowledgement. Elements sent to a tag the pipeline never reads are failed, not dropped.
     pub fn output<T: Data>(&self, tag: &OutputTag<T>) -> PCollection<T> {
         let graph = Rc::clone(&self.main.graph);
-        let windowing = self.main.windowing;
+        let windowing = self.main.windowing.clone();
         if let Some(&(_, slot)) = self.read.borrow().iter().find(|(id, _)| *id == tag.id()) {
             return PCollection::new(graph, slot, windowing);
         }
@@ -653,7 +656,7 @@ impl<T: Data> PCollection<T> {
 
     /// The windowing strategy of this collection.
     pub fn windowing(&self) -> Windowing {
-        self.windowing
+        self.windowing.clone()
     }
 
     fn elementwise<F: BatchFn<In = T>>(
@@ -700,7 +703,7 @@ impl<T: Data> PCollection<T> {
         });
         drop(g);
         (
-            PCollection::new(Rc::clone(&self.graph), main, windowing),
+            PCollection::new(Rc::clone(&self.graph), main, windowing.clone()),
             PCollection::new(Rc::clone(&self.graph), dead, windowing),
             full,
             sides,
@@ -745,7 +748,7 @@ impl<T: Data> PCollection<T> {
         let (main, dead_letters, step, sides) = self.elementwise_tagged(
             label,
             vec![ParDoFn::new(dofn)],
-            self.windowing,
+            self.windowing.clone(),
             may_dead_letter::<D::Dead>(),
         );
         Tagged::new(main, dead_letters, step, sides)
@@ -777,7 +780,7 @@ impl<T: Data> PCollection<T> {
             drop(g);
             return self.clone();
         }
-        let f = WindowIntoFn(windowing.window_fn, PhantomData);
+        let f = WindowIntoFn(windowing.window_fn.clone(), PhantomData);
         self.elementwise(label, vec![f], windowing, false).0
     }
 
@@ -854,7 +857,7 @@ impl<T: Data> Parallel<'_, T> {
         let instances = (0..self.n)
             .map(|_| MapFn(Arc::clone(&f), PhantomData))
             .collect();
-        let w = self.input.windowing;
+        let w = self.input.windowing.clone();
         self.input.elementwise(label, instances, w, false).0
     }
 
@@ -872,7 +875,7 @@ impl<T: Data> Parallel<'_, T> {
         let instances = (0..self.n)
             .map(|_| FlatMapFn(Arc::clone(&f), PhantomData))
             .collect();
-        let w = self.input.windowing;
+        let w = self.input.windowing.clone();
         self.input.elementwise(label, instances, w, false).0
     }
 
@@ -886,14 +889,14 @@ impl<T: Data> Parallel<'_, T> {
         let instances = (0..self.n)
             .map(|_| FilterFn(Arc::clone(&f), PhantomData))
             .collect();
-        let w = self.input.windowing;
+        let w = self.input.windowing.clone();
         self.input.elementwise(label, instances, w, false).0
     }
 
     /// Parallel `ParDo`: one clone of the `DoFn` per concurrent batch.
     pub fn par_do<D: DoFn<In = T> + Clone>(&self, label: &str, dofn: D) -> Tagged<D::Out, D::Dead> {
         let instances = (0..self.n).map(|_| ParDoFn::new(dofn.clone())).collect();
-        let w = self.input.windowing;
+        let w = self.input.windowing.clone();
         let warn = may_dead_letter::<D::Dead>();
         let (main, dead_letters, step, sides) =
             self.input.elementwise_tagged(label, instances, w, warn);
@@ -907,7 +910,7 @@ where
     V: Data,
 {
     fn group<C: CombineFn<V>>(&self, label: &str, combine: C) -> WithLate<K, C::Out, V> {
-        let windowing = self.windowing;
+        let windowing = self.windowing.clone();
         let mut g = self.graph.borrow_mut();
         let full = g.register(label);
         let rx = g.connect::<(K, V)>(self.slot, &full);
@@ -924,10 +927,11 @@ where
         let redelivered = g
             .metrics
             .counter(&crate::metrics::names::GROUP_REDELIVERED, &[&full]);
+        let op_windowing = windowing.clone();
         g.push_operator(full, vec![rx], move |w, m| {
             GroupOp::new(
                 combine,
-                windowing,
+                op_windowing,
                 w.take::<(K, C::Out)>(main),
                 w.take::<(K, V)>(late),
                 m,
@@ -936,7 +940,7 @@ where
         });
         drop(g);
         (
-            PCollection::new(Rc::clone(&self.graph), main, windowing),
+            PCollection::new(Rc::clone(&self.graph), main, windowing.clone()),
             PCollection::new(Rc::clone(&self.graph), late, windowing),
         )
     }

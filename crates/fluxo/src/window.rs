@@ -1,11 +1,67 @@
 //! Windowing strategies: how elements are assigned to windows, when panes fire, how late data is treated.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::element::{duration_micros, Timestamp, Window};
 
+/// A window strategy written outside the engine (Beam's custom `WindowFn`), used through
+/// [`WindowFn::custom`]: calendar months, business days, per-tenant offsets. Non-merging: every
+/// timestamp gets its windows independently of other elements (merging strategies such as sessions
+/// are built in only).
+///
+/// The engine checks the contract on every element: each window must contain the timestamp
+/// (`start <= ts < end`), there must be at least one, and a strategy whose
+/// [`WindowAssigner::assigns_to_single_window`] says `true` must assign exactly one. An element that
+/// breaks it is failed (`Rejected`, with the reason naming the strategy), never silently kept in
+/// one window or dropped.
+pub trait WindowAssigner: Send + Sync + 'static {
+    /// A short name, for messages and `Debug`.
+    fn name(&self) -> &str;
+
+    /// Calls `f` once for every window that `ts` belongs to.
+    fn assign(&self, ts: Timestamp, f: &mut dyn FnMut(Window));
+
+    /// True when every timestamp belongs to exactly one window: the element is then relabelled in
+    /// place instead of copied. The default `false` is always correct, only slower.
+    fn assigns_to_single_window(&self) -> bool {
+        false
+    }
+
+    /// Checks the strategy's parameters when the pipeline is built; the error is one line.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A [`WindowAssigner`] held by a [`WindowFn`]. Two are equal when they are the same instance
+/// (clones of one `WindowFn::custom`), which is what [`crate::Pipeline::flatten`] compares.
+#[derive(Clone)]
+pub struct CustomWindows(Arc<dyn WindowAssigner>);
+
+impl CustomWindows {
+    /// The strategy.
+    pub fn assigner(&self) -> &dyn WindowAssigner {
+        &*self.0
+    }
+}
+
+impl PartialEq for CustomWindows {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for CustomWindows {}
+
+impl std::fmt::Debug for CustomWindows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Custom").field(&self.0.name()).finish()
+    }
+}
+
 /// How elements are assigned to event-time windows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WindowFn {
     /// One window for all time (the default).
     Global,
@@ -28,6 +84,8 @@ pub enum WindowFn {
         /// Inactivity gap that closes a session.
         gap: Duration,
     },
+    /// A strategy written outside the engine ([`WindowAssigner`], [`WindowFn::custom`]).
+    Custom(CustomWindows),
 }
 
 impl WindowFn {
@@ -49,6 +107,11 @@ impl WindowFn {
         WindowFn::Sessions { gap }
     }
 
+    /// A user-defined strategy (see [`WindowAssigner`] for the contract the engine checks).
+    pub fn custom(assigner: impl WindowAssigner) -> Self {
+        WindowFn::Custom(CustomWindows(Arc::new(assigner)))
+    }
+
     /// True when windows must be merged per key after assignment.
     pub fn is_merging(&self) -> bool {
         matches!(self, WindowFn::Sessions { .. })
@@ -59,17 +122,23 @@ impl WindowFn {
     /// copies the element into every window it belongs to. Every strategy must answer it truthfully;
     /// a multi-window strategy that said `true` would keep one window of each element.
     pub fn assigns_to_single_window(&self) -> bool {
-        match *self {
+        match self {
             WindowFn::Global | WindowFn::Fixed { .. } | WindowFn::Sessions { .. } => true,
             // One window when the period equals the size (tumbling windows).
             WindowFn::Sliding { size, period } => period >= size,
+            WindowFn::Custom(c) => c.0.assigns_to_single_window(),
         }
     }
 
-    /// Checks the parameters (non-zero sizes, period not larger than size).
+    /// Checks the parameters (non-zero sizes, period not larger than size; a custom strategy's own
+    /// check).
     pub fn validate(&self) -> Result<(), String> {
         match *self {
             WindowFn::Global => Ok(()),
+            WindowFn::Custom(ref c) => {
+                c.0.validate()
+                    .map_err(|e| format!("window strategy '{}': {e}", c.0.name()))
+            }
             WindowFn::Fixed { size, offset } => {
                 if size.is_zero() {
                     Err("fixed window size must be greater than zero".into())
@@ -131,6 +200,7 @@ impl WindowFn {
             WindowFn::Sessions { gap } => {
                 f(Window::new(ts, ts.plus(gap)));
             }
+            WindowFn::Custom(ref c) => c.0.assign(ts, &mut f),
         }
     }
 }
@@ -204,7 +274,7 @@ pub enum LatePolicy {
 }
 
 /// Everything a grouping step needs to know about windows: assignment, trigger, lateness, accumulation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Windowing {
     /// Window assignment.
     pub window_fn: WindowFn,
@@ -309,7 +379,7 @@ impl Windowing {
 mod tests {
     use super::*;
 
-    fn windows(f: WindowFn, ts: i64) -> Vec<(i64, i64)> {
+    fn windows(f: &WindowFn, ts: i64) -> Vec<(i64, i64)> {
         let mut v = Vec::new();
         f.assign(Timestamp(ts), |w| v.push((w.start.0, w.end.0)));
         v.sort();
@@ -321,16 +391,16 @@ mod tests {
     #[test]
     fn fixed_assignment() {
         let f = WindowFn::fixed(Duration::from_secs(10));
-        assert_eq!(windows(f, 0), vec![(0, 10 * S)]);
-        assert_eq!(windows(f, 10 * S - 1), vec![(0, 10 * S)]);
-        assert_eq!(windows(f, 10 * S), vec![(10 * S, 20 * S)]);
-        assert_eq!(windows(f, -1), vec![(-10 * S, 0)]);
+        assert_eq!(windows(&f, 0), vec![(0, 10 * S)]);
+        assert_eq!(windows(&f, 10 * S - 1), vec![(0, 10 * S)]);
+        assert_eq!(windows(&f, 10 * S), vec![(10 * S, 20 * S)]);
+        assert_eq!(windows(&f, -1), vec![(-10 * S, 0)]);
         let off = WindowFn::Fixed {
             size: Duration::from_secs(10),
             offset: Duration::from_secs(3),
         };
-        assert_eq!(windows(off, 2 * S), vec![(-7 * S, 3 * S)]);
-        assert_eq!(windows(off, 3 * S), vec![(3 * S, 13 * S)]);
+        assert_eq!(windows(&off, 2 * S), vec![(-7 * S, 3 * S)]);
+        assert_eq!(windows(&off, 3 * S), vec![(3 * S, 13 * S)]);
     }
 
     #[test]
@@ -358,13 +428,13 @@ mod tests {
                 i64::MAX / 2,
                 i64::MIN / 2,
             ] {
-                let n = windows(f, ts).len();
+                let n = windows(&f, ts).len();
                 assert!(n >= 1, "{f:?} at {ts}");
                 if f.assigns_to_single_window() {
                     assert_eq!(n, 1, "{f:?} at {ts} claims one window");
                 }
             }
-            let multi = windows(f, 7 * S).len() > 1;
+            let multi = windows(&f, 7 * S).len() > 1;
             assert_eq!(f.assigns_to_single_window(), !multi, "{f:?}");
         }
     }
@@ -372,18 +442,18 @@ mod tests {
     #[test]
     fn sliding_assignment() {
         let f = WindowFn::sliding(Duration::from_secs(10), Duration::from_secs(5));
-        assert_eq!(windows(f, 7 * S), vec![(0, 10 * S), (5 * S, 15 * S)]);
-        assert_eq!(windows(f, 5 * S), vec![(0, 10 * S), (5 * S, 15 * S)]);
-        assert_eq!(windows(f, 4 * S), vec![(-5 * S, 5 * S), (0, 10 * S)]);
+        assert_eq!(windows(&f, 7 * S), vec![(0, 10 * S), (5 * S, 15 * S)]);
+        assert_eq!(windows(&f, 5 * S), vec![(0, 10 * S), (5 * S, 15 * S)]);
+        assert_eq!(windows(&f, 4 * S), vec![(-5 * S, 5 * S), (0, 10 * S)]);
         let g = WindowFn::sliding(Duration::from_secs(10), Duration::from_secs(3));
         // starts 0, 3, 6, 9 cover 9.5s? window [0,10),[3,13),[6,16),[9,19)
-        assert_eq!(windows(g, 9 * S + S / 2).len(), 4);
+        assert_eq!(windows(&g, 9 * S + S / 2).len(), 4);
     }
 
     #[test]
     fn sessions_assignment_and_validation() {
         let f = WindowFn::sessions(Duration::from_secs(30));
-        assert_eq!(windows(f, 5 * S), vec![(5 * S, 35 * S)]);
+        assert_eq!(windows(&f, 5 * S), vec![(5 * S, 35 * S)]);
         assert!(f.is_merging());
         assert!(WindowFn::sessions(Duration::ZERO).validate().is_err());
         assert!(

@@ -10,7 +10,7 @@ use fluxo::testing::{
 use fluxo::{
     BufferConfig, DoFn, DoFnContext, PCollection, Pipeline, PipelineConfig, PipelineError,
     RetryConfig, RunOptions, Shutdown, SinkConfig, Status, Sum, Timestamp, Timing, Trigger, Window,
-    Windowing,
+    WindowFn, Windowing,
 };
 
 fn secs(s: i64) -> Timestamp {
@@ -369,7 +369,7 @@ async fn a_grouped_pane_whose_sink_fails_permanently_nacks_every_input() {
             .add_values([0, 1, 2, 3, 8].map(|t| (("k", t as u64), secs(t))))
             .with_acks();
         p.read("Read", source)
-            .window_into("Window", windowing)
+            .window_into("Window", windowing.clone())
             .combine_per_key("Sum", Sum::<u64>::default())
             .write("Collect", sink.failing_first(u64::MAX, false), fast_sink());
         p.run(RunOptions::default()).await.unwrap();
@@ -970,7 +970,7 @@ async fn flatten_rejects_inputs_with_different_windowing() {
     let w = Windowing::fixed(Duration::from_secs(3600));
     let a = p
         .read("A", TestStream::new().add_values([(1u64, secs(1))]))
-        .window_into("HourlyA", w);
+        .window_into("HourlyA", w.clone());
     let b = p
         .read("B", TestStream::new().add_values([(2u64, secs(2))]))
         .window_into("HourlyB", w);
@@ -1309,4 +1309,164 @@ async fn finish_bundle_emits_to_named_outputs_under_the_bundle_acks() {
             assert_eq!(statuses, vec![Status::Delivered; 20]);
         }
     }
+}
+
+/// Calendar months in UTC: a window strategy the engine does not ship, written against the public
+/// `WindowAssigner` trait (months differ in length, so no fixed size describes them).
+struct CalendarMonths;
+
+/// (year, month) of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m)
+}
+
+/// Days since 1970-01-01 of the first day of (year, month) (Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5;
+    era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
+}
+
+impl fluxo::WindowAssigner for CalendarMonths {
+    fn name(&self) -> &str {
+        "calendar-months"
+    }
+    fn assign(&self, ts: Timestamp, f: &mut dyn FnMut(Window)) {
+        let (y, m) = civil_from_days(ts.0.div_euclid(86_400_000_000));
+        let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+        f(Window::new(
+            secs(days_from_civil(y, m) * 86_400),
+            secs(days_from_civil(ny, nm) * 86_400),
+        ));
+    }
+    fn assigns_to_single_window(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn a_user_defined_window_strategy_groups_by_calendar_month() {
+    // Month starts of 2024 in epoch seconds, from Python's datetime (an independent calendar).
+    let (jan, feb, mar, apr) = (1_704_067_200, 1_706_745_600, 1_709_251_200, 1_711_929_600);
+    let input = [
+        (1u64, 1_706_745_599), // 2024-01-31T23:59:59Z
+        (2, 1_706_745_600),    // 2024-02-01T00:00:00Z
+        (4, 1_709_208_000),    // 2024-02-29T12:00:00Z (leap day)
+        (8, 1_709_251_200),    // 2024-03-01T00:00:00Z
+        (16, 1_711_929_599),   // 2024-03-31T23:59:59Z
+    ];
+    let p = Pipeline::new("months");
+    let (sink, out) = CollectingSink::new();
+    let months = WindowFn::custom(CalendarMonths);
+    let (source, acks) = TestStream::new()
+        .add_values(input.map(|(v, t)| (("k", v), secs(t))))
+        .with_acks();
+    p.read("Read", source)
+        .window_into("Months", Windowing::new(months).drop_late())
+        .combine_per_key("Sum", Sum::<u64>::default())
+        .write("Collect", sink, fast_sink());
+    p.run(RunOptions::default()).await.unwrap();
+    assert_eq!(out.in_window(win(jan, feb)), vec![("k", 1)]);
+    assert_eq!(out.in_window(win(feb, mar)), vec![("k", 2 + 4)]);
+    assert_eq!(out.in_window(win(mar, apr)), vec![("k", 8 + 16)]);
+    assert_eq!(out.windows().len(), 3);
+    assert_eq!(acks.statuses().await, vec![Status::Delivered; 5]);
+}
+
+/// Breaks the contract in the way chosen: two windows while claiming one, a window that misses the
+/// timestamp, or none.
+struct Broken(u8);
+
+impl fluxo::WindowAssigner for Broken {
+    fn name(&self) -> &str {
+        "broken"
+    }
+    fn assign(&self, ts: Timestamp, f: &mut dyn FnMut(Window)) {
+        let hour = Window::new(secs(ts.0.div_euclid(3_600_000_000) * 3_600), secs(1 << 40));
+        match (self.0, ts.0 % 2_000_000 == 0) {
+            // Only elements at even seconds break it; the others are well placed.
+            (_, false) => f(hour),
+            (0, true) => {
+                f(hour);
+                f(Window::new(secs(-1), secs(1 << 40)));
+            }
+            (1, true) => f(Window::new(secs(-10), secs(-5))),
+            _ => {}
+        }
+    }
+    fn assigns_to_single_window(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn a_window_strategy_that_breaks_its_contract_fails_the_elements_it_misplaced() {
+    for how in 0..3u8 {
+        let p = Pipeline::new("broken-windows");
+        let (sink, out) = CollectingSink::new();
+        let (source, acks) = TestStream::new()
+            .add_values((1..=6u64).map(|i| (i, secs(i as i64))))
+            .with_acks();
+        p.read("Read", source)
+            .window_into("Broken", Windowing::new(WindowFn::custom(Broken(how))))
+            .write("Collect", sink, fast_sink());
+        p.run(RunOptions::default()).await.unwrap();
+        assert_eq!(out.values_sorted(), vec![1, 3, 5], "strategy {how}");
+        let statuses = acks.statuses().await;
+        for (i, s) in statuses.iter().enumerate() {
+            let even = (i + 1) % 2 == 0;
+            let want = if even {
+                Status::Rejected
+            } else {
+                Status::Delivered
+            };
+            assert_eq!(*s, want, "strategy {how}, element {}", i + 1);
+        }
+    }
+}
+
+#[tokio::test]
+async fn flatten_compares_custom_strategies_by_instance() {
+    let months = Windowing::new(WindowFn::custom(CalendarMonths)).drop_late();
+    let p = Pipeline::new("flatten-custom");
+    let a = p
+        .read("A", TestStream::new().add_values([(1u64, secs(1))]))
+        .window_into("MonthsA", months.clone());
+    let b = p
+        .read("B", TestStream::new().add_values([(2u64, secs(2))]))
+        .window_into("MonthsB", months);
+    let (sink, out) = CollectingSink::new();
+    a.flatten_with("Both", &[&b])
+        .write("Collect", sink, fast_sink());
+    p.run(RunOptions::default()).await.unwrap();
+    assert_eq!(out.values_sorted(), vec![1, 2]);
+
+    // Another instance of the same type is another strategy as far as the engine can tell.
+    let p = Pipeline::new("flatten-custom-apart");
+    let a = p
+        .read("A", TestStream::new().add_values([(1u64, secs(1))]))
+        .window_into("MonthsA", Windowing::new(WindowFn::custom(CalendarMonths)));
+    let b = p
+        .read("B", TestStream::new().add_values([(2u64, secs(2))]))
+        .window_into("MonthsB", Windowing::new(WindowFn::custom(CalendarMonths)));
+    let (sink, _) = CollectingSink::new();
+    a.flatten_with("Both", &[&b])
+        .write("Collect", sink, fast_sink());
+    let Err(PipelineError::Build(errors)) = p.build() else {
+        panic!("two instances are two strategies: flatten must refuse them");
+    };
+    assert!(
+        errors.len() == 1 && errors[0].contains("'Both'"),
+        "{errors:?}"
+    );
 }
