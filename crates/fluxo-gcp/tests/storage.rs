@@ -16,7 +16,8 @@ use fluxo::{
 };
 use fluxo_gcp::storage::{
     gunzip, split_records, Compression, ContentHash, FormatKind, ObjectKey, ParquetFormat, Record,
-    StorageSink, StorageSinkConfig, StorageSource, StorageSourceConfig, Store, StoreOptions, Value,
+    StorageErrorKind, StorageSink, StorageSinkConfig, StorageSource, StorageSourceConfig, Store,
+    StoreOptions, Value,
 };
 use fluxo_gcp::ConfigError;
 use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -988,5 +989,18 @@ fn window_metadata_reaches_the_namer() {
                 )
             ]
         );
+    });
+}
+
+#[test]
+fn creating_an_existing_bucket_succeeds_and_errors_carry_the_http_status() {
+    let (_emu, endpoint) = start();
+    rt().block_on(async {
+        let (_, store) = gcs_config(&endpoint, "twice").await;
+        // The second creation gets 409 Conflict from the service: the bucket exists, which is fine.
+        store.create_bucket(PROJECT).await.expect("created again");
+        let missing = store.get("no-such-object").await.unwrap_err();
+        assert_eq!(missing.kind, StorageErrorKind::NotFound, "{missing}");
+        assert_eq!(missing.status, Some(404), "{missing}");
     });
 }

@@ -31,18 +31,21 @@
 //! ```
 
 mod config;
+mod error;
 mod format;
 mod naming;
 mod parquet;
 mod sink;
 mod source;
 mod store;
+mod upload;
 
 pub use config::{
     validate_bucket, Compression, ContentHash, EventTimeFrom, FormatKind, Location, OnDecodeError,
     SinkSettings, SourceCompression, SourceSettings, StorageSinkConfig, StorageSourceConfig,
     StoreOptions, DEFAULT_NAMING,
 };
+pub use error::{StorageError, StorageErrorKind};
 pub use format::{
     gunzip, gzip, split_records, EncodeError, Format, Lines, Ndjson, PerValue, RawObject,
     RawRecords, MAX_RECORD,
@@ -51,7 +54,4 @@ pub use naming::{partition_time, utc_date_hour, NameTemplate, ObjectKey, ObjectN
 pub use parquet::{parse_decimal, ParquetFormat, RowWriter, Value};
 pub use sink::{StorageSink, StorageSinkBuilder};
 pub use source::{Decode, JsonDecoder, RawDecoder, Record, StorageSource};
-pub use store::{
-    resolve_endpoint, ObjectInfo, StorageError, StorageErrorKind, Store, StoreStats,
-    STORAGE_EMULATOR_ENV,
-};
+pub use store::{resolve_endpoint, ObjectInfo, Store, StoreStats, STORAGE_EMULATOR_ENV};

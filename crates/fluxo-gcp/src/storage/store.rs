@@ -5,12 +5,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
-use fluxo::{ErrorClass, Timestamp};
-use futures::stream::{StreamExt, TryStreamExt};
+use fluxo::Timestamp;
+use futures::stream::TryStreamExt;
 use gcloud_storage::client::{Client as GcsClient, ClientConfig};
 use gcloud_storage::http::buckets::get::GetBucketRequest;
 use gcloud_storage::http::buckets::insert::{InsertBucketParam, InsertBucketRequest};
@@ -18,79 +18,20 @@ use gcloud_storage::http::objects::delete::DeleteObjectRequest;
 use gcloud_storage::http::objects::download::Range;
 use gcloud_storage::http::objects::get::GetObjectRequest;
 use gcloud_storage::http::objects::list::ListObjectsRequest;
-use gcloud_storage::http::objects::upload::{Media, UploadObjectRequest, UploadType};
-use gcloud_storage::http::resumable_upload_client::{ChunkSize, UploadStatus};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::config::{Location, StoreOptions};
+use super::error::{gcs_error, one_line, os_error};
+pub use super::error::{StorageError, StorageErrorKind};
 use crate::error::ConfigError;
 
 const SERVICE: &str = "Cloud Storage";
 /// The environment variable with the Cloud Storage emulator's URL (`http://host:port`).
 pub const STORAGE_EMULATOR_ENV: &str = "STORAGE_EMULATOR_HOST";
 const GOOGLE_ENDPOINT: &str = "https://storage.googleapis.com";
-
-/// What kind of failure a storage request had.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StorageErrorKind {
-    /// Worth retrying: connection refused or reset, timeout, HTTP 408, 429 or 5xx, a missing bucket
-    /// during a write (it may be re-created; the engine retries a bounded number of times and then
-    /// nacks, it never dead-letters good data because of infrastructure).
-    Transient,
-    /// Not worth retrying: bad request, permission denied, invalid object name.
-    Permanent,
-    /// The object (or bucket) does not exist.
-    NotFound,
-    /// An element could not be encoded (permanent for that element only).
-    Encode,
-    /// A record could not be decoded (source).
-    Decode,
-}
-
-/// The failure of a storage operation (or of encoding one element).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{op} '{object}' failed: {message}")]
-pub struct StorageError {
-    /// Classification.
-    pub kind: StorageErrorKind,
-    /// The operation (`upload`, `download`, `list`, `encode`, ...).
-    pub op: &'static str,
-    /// The object name (or prefix).
-    pub object: String,
-    /// What happened.
-    pub message: String,
-}
-
-impl StorageError {
-    pub(crate) fn new(
-        kind: StorageErrorKind,
-        op: &'static str,
-        object: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        StorageError {
-            kind,
-            op,
-            object: object.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl ErrorClass for StorageError {
-    fn is_retriable(&self) -> bool {
-        match self.kind {
-            StorageErrorKind::Transient => true,
-            // A write to a bucket that is missing right now (deleted, or an emulator restarted) is an
-            // infrastructure fault: retried, then nacked for redelivery, never rejected as bad data.
-            StorageErrorKind::NotFound => matches!(self.op, "upload" | "upload part"),
-            _ => false,
-        }
-    }
-}
 
 /// One object of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,7 +45,7 @@ pub struct ObjectInfo {
 }
 
 #[derive(Clone)]
-enum Backend {
+pub(super) enum Backend {
     Object(Arc<dyn ObjectStore>),
     Gcs {
         client: Arc<GcsClient>,
@@ -126,14 +67,14 @@ pub struct StoreStats {
 /// A bucket (with an optional prefix), a local directory or an in-memory store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    backend: Backend,
-    stats: Arc<StoreStats>,
+    pub(super) backend: Backend,
+    pub(super) stats: Arc<StoreStats>,
     /// Prefix (without trailing `/`) prepended to every name; empty for none.
-    root: String,
+    pub(super) root: String,
     /// For messages: the URL or `gs://bucket` plus endpoint.
-    describe: String,
-    endpoint: String,
-    options: StoreOptions,
+    pub(super) describe: String,
+    pub(super) endpoint: String,
+    pub(super) options: StoreOptions,
 }
 
 impl std::fmt::Debug for Store {
@@ -272,7 +213,7 @@ impl Store {
         &self.endpoint
     }
 
-    fn full_name(&self, name: &str) -> String {
+    pub(super) fn full_name(&self, name: &str) -> String {
         if self.root.is_empty() {
             name.to_string()
         } else {
@@ -290,7 +231,7 @@ impl Store {
         }
     }
 
-    async fn timed<T>(
+    pub(super) async fn timed<T>(
         &self,
         op: &'static str,
         object: &str,
@@ -308,173 +249,6 @@ impl Store {
                 ),
             )),
         }
-    }
-
-    /// Writes an object whole, replacing any object of that name; objects of at least the multipart
-    /// threshold go up in parts. Returns once the object is stored.
-    pub async fn put(
-        &self,
-        name: &str,
-        data: Bytes,
-        content_type: &str,
-    ) -> Result<(), StorageError> {
-        let full = self.full_name(name);
-        let multipart = data.len() as u64 >= self.options.multipart_threshold;
-        if multipart {
-            self.stats.multipart_uploads.fetch_add(1, Ordering::Relaxed);
-            self.stats.parts.fetch_add(
-                (data.len() as u64).div_ceil(self.options.part_size.max(1)),
-                Ordering::Relaxed,
-            );
-        } else {
-            self.stats.single_uploads.fetch_add(1, Ordering::Relaxed);
-        }
-        match &self.backend {
-            Backend::Object(store) => {
-                let path = object_path(&full, "upload")?;
-                if multipart {
-                    self.put_object_store_multipart(store.as_ref(), &path, &full, data)
-                        .await
-                } else {
-                    self.timed("upload", &full, async {
-                        store
-                            .put(&path, PutPayload::from(data))
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| os_error("upload", &full, e))
-                    })
-                    .await
-                }
-            }
-            Backend::Gcs { client, bucket } => {
-                let req = UploadObjectRequest {
-                    bucket: bucket.clone(),
-                    ..Default::default()
-                };
-                let mut media = Media::new(full.clone());
-                media.content_type = content_type.to_string().into();
-                media.content_length = Some(data.len() as u64);
-                if multipart {
-                    self.put_gcs_resumable(client, &req, media, &full, data)
-                        .await
-                } else {
-                    self.timed("upload", &full, async {
-                        client
-                            .upload_object(&req, data, &UploadType::Simple(media))
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| gcs_error("upload", &full, e))
-                    })
-                    .await
-                }
-            }
-        }
-    }
-
-    async fn put_object_store_multipart(
-        &self,
-        store: &dyn ObjectStore,
-        path: &StorePath,
-        full: &str,
-        data: Bytes,
-    ) -> Result<(), StorageError> {
-        let mut upload = self
-            .timed("upload", full, async {
-                store
-                    .put_multipart(path)
-                    .await
-                    .map_err(|e| os_error("upload", full, e))
-            })
-            .await?;
-        let part = self.options.part_size as usize;
-        let mut parts = Vec::with_capacity(data.len().div_ceil(part));
-        let mut offset = 0;
-        while offset < data.len() {
-            let end = (offset + part).min(data.len());
-            parts.push(upload.put_part(PutPayload::from(data.slice(offset..end))));
-            offset = end;
-        }
-        let sent = futures::stream::iter(parts)
-            .buffered(4)
-            .try_collect::<Vec<()>>();
-        let result = self
-            .timed("upload part", full, async {
-                sent.await.map_err(|e| os_error("upload part", full, e))
-            })
-            .await;
-        match result {
-            Ok(_) => {
-                self.timed("upload", full, async {
-                    upload
-                        .complete()
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| os_error("upload", full, e))
-                })
-                .await
-            }
-            Err(e) => {
-                let _ = upload.abort().await;
-                Err(e)
-            }
-        }
-    }
-
-    async fn put_gcs_resumable(
-        &self,
-        client: &GcsClient,
-        req: &UploadObjectRequest,
-        media: Media,
-        full: &str,
-        data: Bytes,
-    ) -> Result<(), StorageError> {
-        let uploader = self
-            .timed("upload", full, async {
-                client
-                    .prepare_resumable_upload(req, &UploadType::Simple(media))
-                    .await
-                    .map_err(|e| gcs_error("upload", full, e))
-            })
-            .await?;
-        let total = data.len() as u64;
-        let part = self.options.part_size;
-        let mut first = 0u64;
-        while first < total {
-            let last = (first + part).min(total) - 1;
-            let chunk = data.slice(first as usize..=last as usize);
-            let size = ChunkSize::new(first, last, Some(total));
-            let status = self
-                .timed("upload part", full, async {
-                    uploader
-                        .upload_multiple_chunk(chunk, &size)
-                        .await
-                        .map_err(|e| gcs_error("upload part", full, e))
-                })
-                .await?;
-            match status {
-                UploadStatus::Ok(_) => {
-                    if last + 1 != total {
-                        return Err(StorageError::new(
-                            StorageErrorKind::Transient,
-                            "upload part",
-                            full,
-                            format!("upload finished early at byte {last} of {total}"),
-                        ));
-                    }
-                }
-                UploadStatus::ResumeIncomplete(r) if r.last_byte == last => {}
-                other => {
-                    return Err(StorageError::new(
-                        StorageErrorKind::Transient,
-                        "upload part",
-                        full,
-                        format!("unexpected upload state after bytes {first}-{last}: {other:?}"),
-                    ))
-                }
-            }
-            first = last + 1;
-        }
-        Ok(())
     }
 
     /// Reads an object whole.
@@ -645,9 +419,8 @@ impl Store {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) if e.message.contains("409") || e.message.to_lowercase().contains("already") => {
-                Ok(())
-            }
+            // 409 Conflict: the bucket exists already.
+            Err(e) if e.status == Some(409) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -722,11 +495,7 @@ impl Store {
     }
 }
 
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-fn object_path(name: &str, op: &'static str) -> Result<StorePath, StorageError> {
+pub(super) fn object_path(name: &str, op: &'static str) -> Result<StorePath, StorageError> {
     StorePath::parse(name).map_err(|e| {
         StorageError::new(
             StorageErrorKind::Permanent,
@@ -737,60 +506,10 @@ fn object_path(name: &str, op: &'static str) -> Result<StorePath, StorageError> 
     })
 }
 
-fn os_error(op: &'static str, name: &str, e: object_store::Error) -> StorageError {
-    use object_store::Error as E;
-    let kind = match &e {
-        E::NotFound { .. } => StorageErrorKind::NotFound,
-        E::InvalidPath { .. }
-        | E::NotSupported { .. }
-        | E::NotImplemented { .. }
-        | E::PermissionDenied { .. }
-        | E::Unauthenticated { .. }
-        | E::UnknownConfigurationKey { .. } => StorageErrorKind::Permanent,
-        _ => StorageErrorKind::Transient,
-    };
-    StorageError::new(kind, op, name, one_line(&e.to_string()))
-}
-
-fn gcs_error(op: &'static str, name: &str, e: gcloud_storage::http::Error) -> StorageError {
-    use gcloud_storage::http::Error as E;
-    let status_kind = |code: u16| match code {
-        404 => StorageErrorKind::NotFound,
-        408 | 429 | 500..=599 => StorageErrorKind::Transient,
-        _ => StorageErrorKind::Permanent,
-    };
-    let (kind, message) = match &e {
-        E::Response(r) => (
-            status_kind(r.code),
-            format!("HTTP {}: {}", r.code, r.message),
-        ),
-        E::HttpClient(re) | E::RawResponse(re, _) => match re.status() {
-            Some(s) => (status_kind(s.as_u16()), e.to_string()),
-            // Connection refused or reset, timeouts, broken bodies: transient.
-            None => (
-                StorageErrorKind::Transient,
-                format!("{e}: {}", source_chain(re)),
-            ),
-        },
-        E::HttpMiddleware(_) | E::TokenSource(_) => (StorageErrorKind::Transient, e.to_string()),
-        E::InvalidRangeHeader(_) => (StorageErrorKind::Permanent, e.to_string()),
-    };
-    StorageError::new(kind, op, name, one_line(&message))
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        parts.push(s.to_string());
-        cur = s.source();
-    }
-    parts.join(": ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fluxo::ErrorClass;
 
     #[test]
     fn endpoint_resolution_order() {
