@@ -2,9 +2,10 @@
 //!
 //! A small, fast dataflow engine in the style of Apache Beam, for one process (one worker): typed
 //! [`PCollection`]s, labelled steps, element-wise transforms and [`DoFn`]s with tagged dead-letter
-//! outputs, event-time windows (fixed, sliding, sessions) with watermarks, triggers and allowed
-//! lateness, per-key grouping and combining, bounded buffers with backpressure, sinks with batching and
-//! retries, end-to-end acknowledgement through shared finalizers, graceful drain and Prometheus metrics.
+//! outputs, event-time windows (fixed, sliding, sessions, user-defined) with watermarks, triggers and
+//! allowed lateness, per-key grouping and combining, bounded buffers with backpressure, sinks with
+//! batching and retries, end-to-end acknowledgement through shared finalizers, graceful drain and
+//! Prometheus metrics.
 //!
 //! Scale out by running several workers on one partitioned input (for example replicas sharing a Pub/Sub
 //! subscription); there is no cross-worker shuffle. See `docs/engine.md`.
@@ -68,7 +69,7 @@ pub use pipeline::{
     Runnable, StepFailure, StepKind, Tagged, WithLate,
 };
 pub use report::{BufferReport, RunReport, SinkReport, SourceReport, StepReport};
-pub use requests::{send_requests, RequestSplitter};
+pub use requests::{send_requests, AllFailed, RequestSplitter};
 pub use shutdown::{Shutdown, ShutdownSignal};
 pub use sink::{backoff, ErrorClass, Meta, RetryConfig, Sink, SinkBatch, SinkConfig, WriteError};
 pub use source::{BoxError, IterSource, Source, SourceContext, Stopped};

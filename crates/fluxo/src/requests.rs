@@ -75,6 +75,20 @@ impl<const N: usize> RequestSplitter<N> {
     }
 }
 
+/// When [`send_requests`] reports a batch whose every element failed with its whole request as one
+/// failure ([`WriteError::All`], the first request's error: the engine retries or settles the batch as
+/// one by that error's class) rather than element by element ([`WriteError::Partial`], each element
+/// classified by its own request's error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllFailed {
+    /// Only when the batch went out as one request: the errors of several requests may differ in
+    /// class (a request refused as invalid next to one that timed out), and each element keeps its own.
+    OneRequest,
+    /// Whenever every request failed as a whole: for a service whose requests fail alike when it is
+    /// down or slow, one failure for the batch instead of one per element.
+    EveryRequest,
+}
+
 /// Sends the requests of one sink batch, at most `concurrency` at once, and turns their answers into
 /// the batch's outcome. Each request comes with the batch indices of the elements it carries and the
 /// future that sends it; the future answers `Ok` with the elements the service refused one by one
@@ -82,15 +96,16 @@ impl<const N: usize> RequestSplitter<N> {
 /// failed as a whole, which fails every element it carried. `failures` holds what the caller refused
 /// before sending (elements that can never be written).
 ///
-/// The outcome is `Ok` when nothing failed, [`WriteError::All`] (with the error of the first request)
-/// when every one of the `batch_len` elements failed with its whole request and nothing was refused
-/// before (one failure of the batch, retried as one), else [`WriteError::Partial`] with every failed
-/// index once, in index order.
+/// The outcome is `Ok` when nothing failed; [`WriteError::All`] (with the error of the first request)
+/// when every one of the `batch_len` elements failed with its whole request, nothing was refused
+/// before, and `all_failed` allows it for that many requests; else [`WriteError::Partial`] with every
+/// failed index once, in index order.
 pub async fn send_requests<E, It, Fut>(
     requests: impl IntoIterator<Item = (It, Fut)>,
     concurrency: usize,
     batch_len: usize,
     mut failures: Vec<(usize, E)>,
+    all_failed: AllFailed,
 ) -> Result<(), WriteError<E>>
 where
     It: IntoIterator<Item = usize>,
@@ -119,6 +134,7 @@ where
     }
     // Completion order varies; the request order decides which error stands for the batch.
     answers.sort_unstable_by_key(|(n, _, _)| *n);
+    let one_request = answers.len() == 1;
     let (mut whole_failures, mut every_request_failed) = (0usize, !answers.is_empty());
     let mut first_error = None;
     for (_, items, answer) in answers {
@@ -138,7 +154,8 @@ where
     if failures.is_empty() {
         return Ok(());
     }
-    if every_request_failed && refused_before == 0 && whole_failures == batch_len {
+    let as_one = one_request || all_failed == AllFailed::EveryRequest;
+    if as_one && every_request_failed && refused_before == 0 && whole_failures == batch_len {
         if let Some(e) = first_error {
             return Err(WriteError::All(e));
         }
@@ -265,17 +282,24 @@ mod tests {
                 }
             }
             expected.sort_unstable();
+            let all_failed = if rng.bool() {
+                AllFailed::OneRequest
+            } else {
+                AllFailed::EveryRequest
+            };
             let all_whole = !requests.is_empty()
                 && fate.iter().all(|f| *f == 1)
                 && refused.is_empty()
-                && expected.len() == len;
+                && expected.len() == len
+                && (requests.len() == 1 || all_failed == AllFailed::EveryRequest);
 
             let limit = rng.usize(1..4);
             let (running, peak) = (AtomicUsize::new(0), AtomicUsize::new(0));
             let sends = requests.iter().enumerate().map(|(k, r)| {
                 let (fate, partly, running, peak) = (fate[k], &partly[k], &running, &peak);
-                // Paused time: requests finish in the order of their delays, not of their start.
-                let delay = std::time::Duration::from_millis(rng.u64(0..5));
+                // Paused time: requests finish in the order of their delays, not of their start. At
+                // least 1 ms, so every request waits and the limit is reached when there are enough.
+                let delay = std::time::Duration::from_millis(rng.u64(1..5));
                 let send = async move {
                     let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                     peak.fetch_max(now, Ordering::SeqCst);
@@ -290,8 +314,8 @@ mod tests {
                 (r.clone(), send)
             });
             let prior = refused.iter().map(|&i| (i, usize::MAX)).collect();
-            let out = rt.block_on(send_requests(sends, limit, len, prior));
-            assert!(peak.load(Ordering::SeqCst) <= limit);
+            let out = rt.block_on(send_requests(sends, limit, len, prior, all_failed));
+            assert_eq!(peak.load(Ordering::SeqCst), limit.min(requests.len()));
             match out {
                 Ok(()) => assert!(expected.is_empty()),
                 Err(WriteError::All(e)) => {
@@ -311,6 +335,53 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Two requests that both fail whole, with errors of different classes: one failure for the batch
+    /// only when the sink asks for it; a batch sent as one request fails as one either way.
+    #[test]
+    fn a_batch_fails_as_one_only_as_the_sink_asks() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let two = |all_failed| {
+            let sends = vec![
+                (
+                    vec![0, 1],
+                    std::future::ready(Err::<Vec<(usize, &str)>, _>("timeout")),
+                ),
+                (vec![2], std::future::ready(Err("invalid"))),
+            ];
+            rt.block_on(send_requests(sends, 2, 3, Vec::new(), all_failed))
+        };
+        match two(AllFailed::OneRequest) {
+            Err(WriteError::Partial(f)) => {
+                assert_eq!(f, vec![(0, "timeout"), (1, "timeout"), (2, "invalid")]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            two(AllFailed::EveryRequest),
+            Err(WriteError::All("timeout"))
+        ));
+        for all_failed in [AllFailed::OneRequest, AllFailed::EveryRequest] {
+            let sends = vec![(
+                vec![0, 1],
+                std::future::ready(Err::<Vec<(usize, &str)>, _>("down")),
+            )];
+            let out = rt.block_on(send_requests(sends, 1, 2, Vec::new(), all_failed));
+            assert!(matches!(out, Err(WriteError::All("down"))), "{out:?}");
+            // An element refused before sending keeps the others apart too.
+            let sends = vec![(
+                vec![1],
+                std::future::ready(Err::<Vec<(usize, &str)>, _>("down")),
+            )];
+            let out = rt.block_on(send_requests(sends, 1, 2, vec![(0, "bad")], all_failed));
+            assert!(
+                matches!(&out, Err(WriteError::Partial(f)) if *f == vec![(0, "bad"), (1, "down")]),
+                "{out:?}"
+            );
         }
     }
 }

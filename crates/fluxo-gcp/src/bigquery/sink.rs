@@ -292,7 +292,15 @@ impl Sink<TableRow> for BigQuerySink {
             };
             (req.indices.iter().map(|&i| i as usize), send)
         }).collect();
-        fluxo::send_requests(sends, concurrency, rows.len(), failures).await
+        // Requests to several tables or lanes may fail for different reasons: each row keeps its own.
+        fluxo::send_requests(
+            sends,
+            concurrency,
+            rows.len(),
+            failures,
+            fluxo::AllFailed::OneRequest,
+        )
+        .await
     }
 }
 

@@ -395,8 +395,16 @@ impl Sink<RowMutation> for BigtableSink {
                 (c.rows.iter().copied(), send)
             })
             .collect();
-        // Every request at once: the outstanding-bytes semaphore in `send` bounds them.
-        let out = fluxo::send_requests(sends, chunks.len(), values.len(), failures).await;
+        // Every request at once: the outstanding-bytes semaphore in `send` bounds them. When every
+        // row failed with its request (server down, timeout): one failure for the batch.
+        let out = fluxo::send_requests(
+            sends,
+            chunks.len(),
+            values.len(),
+            failures,
+            fluxo::AllFailed::EveryRequest,
+        )
+        .await;
         if let Err(WriteError::Partial(failures)) = &out {
             log_failures(failures);
         }

@@ -250,6 +250,15 @@ impl<T: ToPubsub> Sink<T> for PubsubSink<T> {
                 async move { self.publish(msgs).await.map(|()| Vec::new()) },
             )
         });
-        fluxo::send_requests(sends, concurrency, batch.len(), failures).await
+        // A batch sent as one request fails as one; across several requests the errors may differ
+        // in class (a refused message next to a timeout), so each element keeps its own.
+        fluxo::send_requests(
+            sends,
+            concurrency,
+            batch.len(),
+            failures,
+            fluxo::AllFailed::OneRequest,
+        )
+        .await
     }
 }

@@ -131,3 +131,18 @@ pub(super) fn source_chain(e: &dyn std::error::Error) -> String {
     }
     parts.join(": ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_classes() {
+        let e = |kind, op| StorageError::new(kind, op, "o", "m");
+        assert!(e(StorageErrorKind::Transient, "download").is_retriable());
+        assert!(e(StorageErrorKind::NotFound, "upload").is_retriable());
+        assert!(!e(StorageErrorKind::NotFound, "download").is_retriable());
+        assert!(!e(StorageErrorKind::Permanent, "upload").is_retriable());
+        assert!(!e(StorageErrorKind::Encode, "encode").is_retriable());
+    }
+}

@@ -30,10 +30,13 @@
 //! # Ok(()) }
 //! ```
 
+mod bucket;
 mod config;
+mod endpoint;
 mod error;
 mod format;
 mod naming;
+mod objects;
 mod parquet;
 mod sink;
 mod source;
@@ -45,6 +48,7 @@ pub use config::{
     SinkSettings, SourceCompression, SourceSettings, StorageSinkConfig, StorageSourceConfig,
     StoreOptions, DEFAULT_NAMING,
 };
+pub use endpoint::{resolve_endpoint, STORAGE_EMULATOR_ENV};
 pub use error::{StorageError, StorageErrorKind};
 pub use format::{
     gunzip, gzip, split_records, EncodeError, Format, Lines, Ndjson, PerValue, RawObject,
@@ -54,4 +58,4 @@ pub use naming::{partition_time, utc_date_hour, NameTemplate, ObjectKey, ObjectN
 pub use parquet::{parse_decimal, ParquetFormat, RowWriter, Value};
 pub use sink::{StorageSink, StorageSinkBuilder};
 pub use source::{Decode, JsonDecoder, RawDecoder, Record, StorageSource};
-pub use store::{resolve_endpoint, ObjectInfo, Store, StoreStats, STORAGE_EMULATOR_ENV};
+pub use store::{ObjectInfo, Store, StoreStats};

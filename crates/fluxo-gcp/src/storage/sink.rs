@@ -13,9 +13,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::config::{Compression, ContentHash, FormatKind, SinkSettings, StorageSinkConfig};
+use super::error::{StorageError, StorageErrorKind};
 use super::format::{gzip, Format, Lines, Ndjson, RawObject, RawRecords};
 use super::naming::{partition_of, ObjectKey, ObjectNamer};
-use super::store::{StorageError, StorageErrorKind, Store};
+use super::store::Store;
 use crate::error::ConfigError;
 use crate::metrics::RequestMetrics;
 

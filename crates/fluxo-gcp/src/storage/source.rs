@@ -16,9 +16,10 @@ use super::config::{
     EventTimeFrom, FormatKind, OnDecodeError, SourceCompression, SourceSettings,
     StorageSourceConfig,
 };
+use super::error::{StorageError, StorageErrorKind};
 use super::format::{gunzip, split_records};
 use super::naming::partition_time;
-use super::store::{ObjectInfo, StorageError, StorageErrorKind, Store};
+use super::store::{ObjectInfo, Store};
 use crate::error::ConfigError;
 
 /// One record's exact bytes (a slice of the object's buffer: no copy).
