@@ -524,15 +524,23 @@ impl<D: DoFn> BatchFn for ParDoFn<D> {
                 self.bundle_finalizers.push(e.finalizers);
             }
         }
-        self.dofn.finish_bundle(&mut BundleContext {
+        let mut ctx = BundleContext {
             out,
             dead,
             side,
             inputs: &mut self.bundle_finalizers,
             all: None,
-        });
+        };
+        self.dofn.finish_bundle(&mut ctx);
+        // What `finish_bundle` emitted holds every input of the bundle (their acknowledgement waits
+        // for it), so none of them was dropped, even those that emitted nothing in `process`.
+        let emitted_at_finish = ctx.all.is_some();
         self.bundle_finalizers.clear();
-        dropped
+        if emitted_at_finish {
+            0
+        } else {
+            dropped
+        }
     }
 }
 
@@ -839,7 +847,10 @@ mod tests {
         let mut p = ParDoFn::new(Buffering(Vec::new()));
         let (mut out, mut dead) = (Vec::new(), Vec::new());
         let dropped = p.process_batch(batch, &mut out, &mut dead, &mut SideBuffers::default());
-        assert_eq!(dropped, 2, "1 and 2 emitted nothing in process");
+        assert_eq!(
+            dropped, 0,
+            "1 and 2 are held by the total emitted at the end"
+        );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].value, 3);
         assert_eq!(out[0].timestamp, Timestamp(99));

@@ -56,7 +56,8 @@ impl Eq for CustomWindows {}
 
 impl std::fmt::Debug for CustomWindows {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Custom").field(&self.0.name()).finish()
+        // Inside `WindowFn::Custom(..)`, so the name alone: `Custom("calendar-months")`.
+        write!(f, "{:?}", self.0.name())
     }
 }
 

@@ -1282,7 +1282,7 @@ impl DoFn for SumPerBundle {
 async fn finish_bundle_emits_to_named_outputs_under_the_bundle_acks() {
     // Stored: every input acknowledged, the totals add up to the inputs' sum (0 + 1 + ... + 19).
     // Refused by the totals' sink: every input of the bundle fails with it.
-    for refuse in [false, true] {
+    for (refuse, parallelism) in [(false, 1), (true, 1), (false, 3), (true, 3)] {
         let p = Pipeline::new("bundle-outputs");
         let (source, acks) = TestStream::new()
             .add_values((0..20u64).map(|i| (i, secs(i as i64))))
@@ -1293,21 +1293,31 @@ async fn finish_bundle_emits_to_named_outputs_under_the_bundle_acks() {
         };
         let (totals_sink, totals) = CollectingSink::new();
         let totals_sink = totals_sink.rejecting(move |_| refuse);
-        let summed = p.read("Read", source).par_do("SumBundle", dofn.clone());
+        let summed = p
+            .read("Read", source)
+            .parallel(parallelism)
+            .par_do("SumBundle", dofn.clone());
         summed.main.write("Main", DiscardSink, fast_sink());
         summed
             .output(&dofn.totals)
             .write("Totals", totals_sink, fast_sink());
-        p.run(RunOptions::default()).await.unwrap();
+        let report = p.run(RunOptions::default()).await.unwrap();
         let statuses = acks.statuses().await;
+        let case = format!("refuse {refuse}, parallelism {parallelism}");
         if refuse {
-            assert!(totals.is_empty());
-            assert_eq!(statuses, vec![Status::Rejected; 20]);
+            assert!(totals.is_empty(), "{case}");
+            assert_eq!(statuses, vec![Status::Rejected; 20], "{case}");
         } else {
-            assert_eq!(totals.values().iter().sum::<u64>(), (0..20).sum::<u64>());
+            assert_eq!(
+                totals.values().iter().sum::<u64>(),
+                (0..20).sum::<u64>(),
+                "{case}"
+            );
             assert!(totals.elements().iter().all(|c| c.timestamp == secs(99)));
-            assert_eq!(statuses, vec![Status::Delivered; 20]);
+            assert_eq!(statuses, vec![Status::Delivered; 20], "{case}");
         }
+        // The inputs are held by the totals, not dropped, though `process` emitted nothing.
+        assert_eq!(report.step("SumBundle").unwrap().discarded, 0, "{case}");
     }
 }
 
@@ -1466,7 +1476,9 @@ async fn flatten_compares_custom_strategies_by_instance() {
         panic!("two instances are two strategies: flatten must refuse them");
     };
     assert!(
-        errors.len() == 1 && errors[0].contains("'Both'"),
+        errors.len() == 1
+            && errors[0].contains("'Both'")
+            && errors[0].contains("create it once and clone it"),
         "{errors:?}"
     );
 }

@@ -16,7 +16,7 @@ use crate::runner;
 use crate::shutdown::Shutdown;
 
 use crate::source::{run_source, Source};
-use crate::window::Windowing;
+use crate::window::{WindowFn, Windowing};
 
 mod collection;
 mod config;
@@ -149,9 +149,18 @@ impl Pipeline {
             .enumerate()
             .find(|(_, c)| c.windowing != windowing)
         {
+            // Two instances of one custom strategy print alike: say why they still differ.
+            let custom = matches!(windowing.window_fn, WindowFn::Custom(_))
+                || matches!(other.windowing.window_fn, WindowFn::Custom(_));
+            let hint = if custom {
+                " (a custom window strategy is the same only as the clones of its own \
+                 WindowFn::custom: create it once and clone it)"
+            } else {
+                ""
+            };
             g.errors.push(format!(
                 "step '{full}': inputs have different windowing (input 0: {:?}; input {i}: {:?}): \
-                 apply the same window_into to every input before flattening",
+                 apply the same window_into to every input before flattening{hint}",
                 windowing, other.windowing
             ));
         }
